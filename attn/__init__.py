@@ -1,0 +1,15 @@
+"""attn: fused, tiled attention kernels for PyTorch (Triton and CUDA C++) behind one API."""
+from attn import reference
+from attn._backends import BackendInfo, available_backends, use_backend
+from attn.interface import flash_attn_func, scaled_dot_product_attention
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendInfo",
+    "available_backends",
+    "flash_attn_func",
+    "reference",
+    "scaled_dot_product_attention",
+    "use_backend",
+]

@@ -1,0 +1,167 @@
+"""Backend registry and per-call selection.
+
+A backend is an object with
+
+* ``name``;
+* ``devices``: the tensor device types it runs on (``{"cuda"}``, ``{"cpu"}``, or both);
+* ``capabilities``: for each op (``"forward"``, ``"decode"``) the optional features it honours
+  (names from :meth:`attn._spec.AttentionSpec.options_in_use`, plus ``"backward"``);
+* ``status(device_type) -> Optional[str]``: ``None`` when usable for that device here, else why not;
+* one method per op it implements (``forward(q, k, v, spec) -> (out, lse)``, ...).
+
+Backends are imported lazily, so ``import attn`` never imports Triton or a compiled extension.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Optional
+
+# name -> "module:attribute" of the backend object
+_REGISTRY: dict[str, str] = {
+    "triton": "attn.triton.backend:BACKEND",
+    "torch": "attn._torch_backend:TORCH",
+    "reference": "attn._torch_backend:REFERENCE",
+}
+
+# Order tried by "auto", per device type. The Triton interpreter is never picked automatically
+# on CPU: it is a correctness tool, orders of magnitude slower than PyTorch there.
+_AUTO_ORDER = {
+    "cuda": ("cuda", "triton", "torch", "reference"),
+    "cpu": ("cpu", "torch", "reference"),
+}
+
+_current: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("attn_backend", default=None)
+_loaded: dict[str, object] = {}
+
+
+def register(name: str, target: str, auto_order: Iterable[tuple[str, int]] = ()) -> None:
+    """Registers a backend ``name`` -> ``"module:attribute"``; ``auto_order`` inserts it into
+    the "auto" order of a device type at a position."""
+    _REGISTRY[name] = target
+    for device_type, position in auto_order:
+        order = [n for n in _AUTO_ORDER.get(device_type, ()) if n != name]
+        order.insert(position, name)
+        _AUTO_ORDER[device_type] = tuple(order)
+
+
+def names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def load(name: str):
+    """Returns the backend object, or a string saying why it cannot be imported."""
+    if name not in _loaded:
+        module_name, attr = _REGISTRY[name].split(":")
+        try:
+            _loaded[name] = getattr(importlib.import_module(module_name), attr)
+        except ImportError as exc:  # a missing optional dependency or extension
+            _loaded[name] = f"cannot import {module_name}: {exc}"
+    return _loaded[name]
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    name: str
+    available: bool
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.name}: {'available' if self.available else 'unavailable'} ({self.detail})"
+
+
+def available_backends() -> dict[str, BackendInfo]:
+    """Every known backend, whether it works on this machine, and why not when it doesn't."""
+    out = {}
+    for name in _REGISTRY:
+        backend = load(name)
+        if isinstance(backend, str):
+            out[name] = BackendInfo(name, False, backend)
+            continue
+        reasons = {dev: backend.status(dev) for dev in sorted(backend.devices)}
+        usable = [dev for dev, why in reasons.items() if why is None]
+        if usable:
+            detail = "runs on " + ", ".join(f"{d} tensors" for d in usable)
+            blocked = [f"{d}: {why}" for d, why in reasons.items() if why is not None]
+            if blocked:
+                detail += "; not " + "; ".join(blocked)
+            out[name] = BackendInfo(name, True, detail)
+        else:
+            out[name] = BackendInfo(name, False, "; ".join(f"{d}: {w}" for d, w in reasons.items()))
+    return out
+
+
+@contextlib.contextmanager
+def use_backend(name: Optional[str]) -> Iterator[None]:
+    """Within the block, calls that pass ``backend=None`` use ``name``."""
+    if name is not None and name != "auto" and name not in _REGISTRY:
+        raise ValueError(f"use_backend: argument 'name' expected one of {sorted(_REGISTRY)} or 'auto', got {name!r}")
+    token = _current.set(name)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def _missing(backend, op: str, options: Iterable[str]) -> Optional[str]:
+    caps = backend.capabilities.get(op)
+    if caps is None:
+        return op
+    for option in options:
+        if option not in caps:
+            return option
+    return None
+
+
+def _supporters(op: str, option: str) -> list[str]:
+    found = []
+    for name in _REGISTRY:
+        backend = load(name)
+        if not isinstance(backend, str) and option in backend.capabilities.get(op, ()):
+            found.append(name)
+    return found
+
+
+def select(fn: str, requested: Optional[str], device_type: str, op: str, options: Iterable[str]):
+    """Picks the backend for one call; raises a clear error when the choice cannot work."""
+    options = list(options)
+    if requested is None:
+        requested = _current.get()
+    if requested is None or requested == "auto":
+        tried = []
+        for name in _AUTO_ORDER.get(device_type, ()):
+            if name not in _REGISTRY:
+                continue
+            backend = load(name)
+            if isinstance(backend, str):
+                tried.append(f"{name} ({backend})")
+                continue
+            why = backend.status(device_type) if device_type in backend.devices else f"does not run on {device_type}"
+            if why is None:
+                why_not = _missing(backend, op, options)
+                if why_not is None:
+                    return backend
+                why = f"does not support '{why_not}'"
+            tried.append(f"{name} ({why})")
+        raise NotImplementedError(f"{fn}: no backend can run this call on {device_type} tensors: " + "; ".join(tried))
+    if requested not in _REGISTRY:
+        raise ValueError(f"{fn}: argument 'backend' expected one of {sorted(_REGISTRY)}, 'auto' or None, got {requested!r}")
+    backend = load(requested)
+    if isinstance(backend, str):
+        raise RuntimeError(f"{fn}: backend '{requested}' is not available: {backend}")
+    if device_type not in backend.devices:
+        raise ValueError(
+            f"{fn}: backend '{requested}' runs on {sorted(backend.devices)} tensors, got {device_type} tensors"
+        )
+    why = backend.status(device_type)
+    if why is not None:
+        raise RuntimeError(f"{fn}: backend '{requested}' is not available for {device_type} tensors: {why}")
+    option = _missing(backend, op, options)
+    if option is not None:
+        raise NotImplementedError(
+            f"{fn}: option '{option}' is not supported by backend '{requested}'; "
+            f"backends that support it: {_supporters(op, option) or 'none'}"
+        )
+    return backend

@@ -1,0 +1,78 @@
+"""Backends made of plain PyTorch ops: "torch" (SDPA) and "reference" (the oracle).
+
+Both are differentiable through autograd and run on any device. "torch" calls
+``torch.nn.functional.scaled_dot_product_attention`` with masks expressed as an additive bias,
+so it materializes nothing PyTorch would not; it cannot express ``softcap`` or return the LSE.
+"reference" runs :func:`attn.reference.attention` in fp32 and supports everything.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from attn import reference
+from attn._spec import AttentionSpec
+
+_ALL_FORWARD = frozenset({"causal", "window_size", "softcap", "alibi_slopes", "attn_mask", "return_lse", "backward"})
+
+
+class TorchSDPABackend:
+    name = "torch"
+    devices = frozenset({"cpu", "cuda"})
+    capabilities = {"forward": _ALL_FORWARD - {"softcap", "return_lse"}}
+
+    def status(self, device_type: str):
+        if device_type == "cuda" and not torch.cuda.is_available():
+            return "no CUDA device"
+        return None
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec):
+        batch, seqlen_q, n_heads, _ = q.shape
+        seqlen_k, n_kv_heads = k.shape[1], k.shape[2]
+        qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+        gqa = n_heads != n_kv_heads
+        simple_causal = spec.causal and not spec.bottom_right and spec.window_left < 0
+        if spec.bias is None and spec.alibi_slopes is None and (not spec.has_window or simple_causal):
+            out = F.scaled_dot_product_attention(
+                qt, kt, vt, is_causal=simple_causal, scale=spec.softmax_scale, enable_gqa=gqa
+            )
+            return out.transpose(1, 2), None
+        keep = reference.visibility(
+            batch, seqlen_q, seqlen_k, causal=spec.causal, bottom_right=spec.bottom_right,
+            window_size=spec.window_size, device=q.device,
+        )
+        bias = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, float("-inf"))
+        if spec.alibi_slopes is not None:
+            bias = bias + reference.alibi_bias(
+                spec.alibi_slopes, batch, n_heads, seqlen_q, seqlen_k, bottom_right=spec.bottom_right
+            ).to(q.dtype)
+        if spec.bias is not None:
+            bias = bias + spec.bias.to(q.dtype)
+        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=bias, scale=spec.softmax_scale, enable_gqa=gqa)
+        # SDPA yields NaN for rows that see no key; the contract says 0.
+        dead = torch.isneginf(bias).all(dim=-1, keepdim=True).expand(out.shape[:-1] + (1,))
+        out = out.masked_fill(dead, 0.0)
+        return out.transpose(1, 2), None
+
+
+class ReferenceBackend:
+    name = "reference"
+    devices = frozenset({"cpu", "cuda"})
+    capabilities = {"forward": _ALL_FORWARD}
+
+    def status(self, device_type: str):
+        if device_type == "cuda" and not torch.cuda.is_available():
+            return "no CUDA device"
+        return None
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec):
+        out, lse = reference.attention(
+            q, k, v, softmax_scale=spec.softmax_scale, causal=spec.causal, bottom_right=spec.bottom_right,
+            window_size=spec.window_size, softcap=spec.softcap, alibi_slopes=spec.alibi_slopes,
+            attn_mask=spec.bias, dtype=torch.float32,
+        )
+        return out.to(q.dtype), lse
+
+
+TORCH = TorchSDPABackend()
+REFERENCE = ReferenceBackend()

@@ -1,0 +1,156 @@
+"""Input validation shared by every public function.
+
+Each check raises ``TypeError`` (wrong kind or dtype) or ``ValueError`` (wrong value or shape)
+with a message that names the function, the argument, what was expected and what was given.
+Nothing is written anywhere before these checks pass.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 256
+
+
+def _fail(fn: str, name: str, expected: str, actual: object, exc: type = ValueError):
+    raise exc(f"{fn}: argument '{name}' expected {expected}, got {actual}")
+
+
+def _describe(t: torch.Tensor) -> str:
+    return f"tensor of shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
+
+
+def check_tensor(fn: str, name: str, t: object, *, rank: Optional[int] = None) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        _fail(fn, name, "a torch.Tensor", type(t).__name__, TypeError)
+    if rank is not None and t.dim() != rank:
+        _fail(fn, name, f"a {rank}-D tensor", f"{t.dim()}-D {_describe(t)}")
+    return t
+
+
+def check_attention_inputs(
+    fn: str,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    names: Sequence[str] = ("q", "k", "v"),
+    dims: str = "(B, S, H, D)",
+) -> None:
+    """Checks q, k, v in kernel-native layout ``q (B, Sq, H, D)``, ``k, v (B, Sk, Hkv, D)``."""
+    qn, kn, vn = names
+    for name, t in zip(names, (q, k, v)):
+        check_tensor(fn, name, t, rank=4)
+        if t.dtype not in SUPPORTED_DTYPES:
+            _fail(fn, name, "dtype float16, bfloat16 or float32", t.dtype, TypeError)
+    for name, t in ((kn, k), (vn, v)):
+        if t.dtype != q.dtype:
+            _fail(fn, name, f"the same dtype as '{qn}' ({q.dtype})", t.dtype, TypeError)
+        if t.device != q.device:
+            _fail(fn, name, f"the same device as '{qn}' ({q.device})", t.device)
+    batch, seqlen_q, n_heads, head_dim = q.shape
+    if batch < 1:
+        _fail(fn, qn, f"batch size >= 1 in {dims}", tuple(q.shape))
+    if seqlen_q < 1:
+        _fail(fn, qn, f"sequence length >= 1 in {dims}", tuple(q.shape))
+    if k.shape != v.shape:
+        _fail(fn, vn, f"the same shape as '{kn}' {tuple(k.shape)}", tuple(v.shape))
+    if k.shape[0] != batch:
+        _fail(fn, kn, f"batch size {batch} (from '{qn}') in {dims}", tuple(k.shape))
+    if k.shape[1] < 1:
+        _fail(fn, kn, f"sequence length >= 1 in {dims}", tuple(k.shape))
+    if k.shape[3] != head_dim:
+        _fail(fn, kn, f"head dim {head_dim} (from '{qn}') in {dims}", tuple(k.shape))
+    if not 1 <= head_dim <= MAX_HEAD_DIM:
+        _fail(fn, qn, f"head dim in 1..{MAX_HEAD_DIM}", head_dim)
+    n_kv_heads = k.shape[2]
+    if n_kv_heads < 1 or n_heads % n_kv_heads != 0:
+        _fail(fn, kn, f"a number of heads dividing the {n_heads} heads of '{qn}'", n_kv_heads)
+    for name, t in zip(names, (q, k, v)):
+        if t.stride(-1) != 1 and t.shape[-1] > 1:
+            _fail(fn, name, "a contiguous last dimension (stride 1)", f"stride {t.stride(-1)}")
+
+
+def check_window(fn: str, window_size: object) -> tuple[int, int]:
+    if (
+        not isinstance(window_size, (tuple, list))
+        or len(window_size) != 2
+        or not all(isinstance(w, int) and not isinstance(w, bool) for w in window_size)
+    ):
+        _fail(fn, "window_size", "a pair of ints (left, right)", repr(window_size), TypeError)
+    left, right = window_size
+    if left < -1 or right < -1:
+        _fail(fn, "window_size", "values >= 0, or -1 for unbounded", repr(tuple(window_size)))
+    return int(left), int(right)
+
+
+def check_scale(fn: str, name: str, scale: object, head_dim: int) -> float:
+    if scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        _fail(fn, name, "a float or None", type(scale).__name__, TypeError)
+    if not math.isfinite(scale):
+        _fail(fn, name, "a finite float", scale)
+    return float(scale)
+
+
+def check_softcap(fn: str, softcap: object) -> float:
+    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)):
+        _fail(fn, "softcap", "a float", type(softcap).__name__, TypeError)
+    if not (math.isfinite(softcap) and softcap >= 0):
+        _fail(fn, "softcap", "a finite float >= 0 (0 disables it)", softcap)
+    return float(softcap)
+
+
+def check_dropout(fn: str, name: str, dropout_p: object) -> float:
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)):
+        _fail(fn, name, "a float", type(dropout_p).__name__, TypeError)
+    if not 0.0 <= dropout_p < 1.0:
+        _fail(fn, name, "a probability in [0, 1)", dropout_p)
+    return float(dropout_p)
+
+
+def check_alibi(fn: str, alibi_slopes: Optional[torch.Tensor], q: torch.Tensor, n_heads_axis: int = 2):
+    if alibi_slopes is None:
+        return None
+    check_tensor(fn, "alibi_slopes", alibi_slopes)
+    batch, n_heads = q.shape[0], q.shape[n_heads_axis]
+    if alibi_slopes.dtype != torch.float32:
+        _fail(fn, "alibi_slopes", "dtype float32", alibi_slopes.dtype, TypeError)
+    if alibi_slopes.device != q.device:
+        _fail(fn, "alibi_slopes", f"device {q.device}", alibi_slopes.device)
+    if tuple(alibi_slopes.shape) not in ((n_heads,), (batch, n_heads)):
+        _fail(fn, "alibi_slopes", f"shape ({n_heads},) or ({batch}, {n_heads})", tuple(alibi_slopes.shape))
+    return alibi_slopes.reshape(-1, n_heads).expand(batch, n_heads).contiguous()
+
+
+def check_attn_mask(
+    fn: str, attn_mask: Optional[torch.Tensor], shape: tuple[int, int, int, int], q: torch.Tensor
+) -> Optional[torch.Tensor]:
+    """Checks an SDPA-style mask and returns it as an additive fp32 bias of 4 dims.
+
+    The result is an ``expand`` view (stride 0 on broadcast dims), never a copy of the
+    broadcast shape.
+    """
+    if attn_mask is None:
+        return None
+    check_tensor(fn, "attn_mask", attn_mask)
+    if attn_mask.device != q.device:
+        _fail(fn, "attn_mask", f"device {q.device}", attn_mask.device)
+    if attn_mask.dtype != torch.bool and attn_mask.dtype not in SUPPORTED_DTYPES:
+        _fail(fn, "attn_mask", "dtype bool or a float dtype", attn_mask.dtype, TypeError)
+    if attn_mask.dim() > 4:
+        _fail(fn, "attn_mask", "at most 4 dims, broadcastable to (B, H, Sq, Sk)", tuple(attn_mask.shape))
+    padded = (1,) * (4 - attn_mask.dim()) + tuple(attn_mask.shape)
+    for got, want in zip(padded, shape):
+        if got not in (1, want):
+            _fail(fn, "attn_mask", f"a shape broadcastable to {shape}", tuple(attn_mask.shape))
+    mask = attn_mask.reshape(padded)
+    if mask.dtype == torch.bool:
+        bias = torch.zeros(padded, dtype=torch.float32, device=mask.device)
+        bias.masked_fill_(~mask, float("-inf"))
+    else:
+        bias = mask.float()
+    return bias.expand(shape)
