@@ -1,0 +1,65 @@
+"""The parity rule of DESIGN.md §3, shared by tests and benchmarks.
+
+With ``ref`` the oracle in fp32/fp64 and ``pt`` the same oracle computed in the input dtype,
+a 16-bit result passes when ``max|out - ref| <= factor * max|pt - ref| + 1e-5`` (factor 2 for
+forward, 3 for gradients and split decode); fp32 inputs need
+``max|out - ref| <= 1e-5 * max(1, max|ref|)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+
+@dataclass(frozen=True)
+class Parity:
+    error: float  # max|out - ref|
+    bound: float  # what the rule allows
+    baseline: float  # max|pt - ref| (0 for fp32 inputs)
+
+    @property
+    def ok(self) -> bool:
+        return self.error <= self.bound
+
+    def __str__(self) -> str:
+        return f"max err {self.error:.3e} vs bound {self.bound:.3e} (same-dtype torch err {self.baseline:.3e})"
+
+
+def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Max |a - b| with -inf == -inf counted as 0 (fully masked LSE rows); NaN counts as inf."""
+    a, b = a.double(), b.double()
+    both_inf = torch.isinf(a) & torch.isinf(b) & (torch.sign(a) == torch.sign(b))
+    diff = torch.where(both_inf, torch.zeros_like(a), (a - b).abs())
+    diff = torch.nan_to_num(diff, nan=float("inf"))
+    return diff.max().item() if diff.numel() else 0.0
+
+
+def parity(out: torch.Tensor, ref: torch.Tensor, pt: Optional[torch.Tensor], factor: float = 2.0) -> Parity:
+    """Measures ``out`` against the oracle ``ref`` with the rule for ``out``'s input dtype.
+
+    ``pt`` is the oracle run in the input dtype; pass ``None`` for fp32 inputs."""
+    error = _max_abs_diff(out, ref)
+    if pt is None:
+        finite = ref[torch.isfinite(ref)]
+        scale = max(1.0, finite.abs().max().item() if finite.numel() else 1.0)
+        return Parity(error, 1e-5 * scale, 0.0)
+    baseline = _max_abs_diff(pt, ref)
+    return Parity(error, factor * baseline + 1e-5, baseline)
+
+
+def assert_parity(out: torch.Tensor, ref: torch.Tensor, pt: Optional[torch.Tensor], factor: float = 2.0,
+                  what: str = "out") -> Parity:
+    """Asserts the rule, and that ``out`` holds no NaN (outputs are poisoned before calls)."""
+    assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != reference {tuple(ref.shape)}"
+    assert not torch.isnan(out).any(), f"{what}: contains NaN (unwritten or poisoned elements)"
+    result = parity(out, ref, pt, factor)
+    assert result.ok, f"{what}: {result}"
+    return result
+
+
+def random_tensor(shape, dtype: torch.dtype, device="cpu", generator: Optional[torch.Generator] = None,
+                  scale: float = 1.0) -> torch.Tensor:
+    """Fresh standard-normal values (never zeros), rounded to ``dtype``."""
+    return (torch.randn(shape, generator=generator, device=device, dtype=torch.float32) * scale).to(dtype)
