@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import triton
 
+from attn._alloc import empty
 from attn._spec import AttentionSpec
 from attn.triton._fwd_kernel import _attn_fwd_kernel
 from attn.triton._launch import dot_flags, window_bounds
@@ -15,8 +16,8 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: A
     -> ``out (B, Sq, H, D)`` contiguous in q's dtype, ``lse (B, H, Sq)`` fp32."""
     batch, seqlen_q, n_heads, head_dim = q.shape
     seqlen_k, n_kv_heads = k.shape[1], k.shape[2]
-    out = torch.empty((batch, seqlen_q, n_heads, head_dim), dtype=q.dtype, device=q.device)
-    lse = torch.empty((batch, n_heads, seqlen_q), dtype=torch.float32, device=q.device)
+    out = empty((batch, seqlen_q, n_heads, head_dim), q.dtype, q.device)
+    lse = empty((batch, n_heads, seqlen_q), torch.float32, q.device)
     block_d = head_dim_bucket(head_dim)
     cfg = forward_config(block_d, q.dtype)
     left, right = window_bounds(spec, seqlen_q, seqlen_k)
