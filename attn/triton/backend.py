@@ -6,6 +6,7 @@ import torch
 from attn._spec import AttentionSpec
 from attn.triton._fwd_kernel import _attn_fwd_kernel
 from attn.triton._launch import is_interpreting
+from attn.triton.decode import attention_decode
 from attn.triton.fwd import attention_forward
 
 
@@ -14,6 +15,7 @@ class TritonBackend:
     devices = frozenset({"cuda", "cpu"})
     capabilities = {
         "forward": frozenset({"causal", "window_size", "softcap", "alibi_slopes", "attn_mask", "return_lse"}),
+        "decode": frozenset({"causal", "window_size", "softcap", "alibi_slopes", "return_lse"}),
     }
 
     def status(self, device_type: str):
@@ -29,6 +31,10 @@ class TritonBackend:
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec):
         return attention_forward(q, k, v, spec)
+
+    def decode(self, q, k_cache, v_cache, seqlens_k, cache_batch_idx, block_table, spec: AttentionSpec,
+               num_splits: int):
+        return attention_decode(q, k_cache, v_cache, seqlens_k, cache_batch_idx, block_table, spec, num_splits)
 
 
 BACKEND = TritonBackend()
