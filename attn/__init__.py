@@ -2,6 +2,8 @@
 from attn import reference
 from attn._backends import BackendInfo, available_backends, use_backend
 from attn.interface import flash_attn_func, scaled_dot_product_attention
+from attn.kvcache_api import flash_attn_with_kvcache
+from attn.merge import merge_attention_states
 
 __version__ = "0.1.0"
 
@@ -9,6 +11,8 @@ __all__ = [
     "BackendInfo",
     "available_backends",
     "flash_attn_func",
+    "flash_attn_with_kvcache",
+    "merge_attention_states",
     "reference",
     "scaled_dot_product_attention",
     "use_backend",
