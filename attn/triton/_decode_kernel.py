@@ -23,13 +23,14 @@ from attn.triton._common import _dot, _key_tile_bounds, _online_softmax_update, 
 
 
 @triton.jit
-def _key_rows(offs_n, n_ok, block_table_row, stride_page, stride_slot, page_size, PAGED: tl.constexpr):
-    """int64 element offsets (BLOCK_N,) of the cache rows holding logical key positions ``offs_n``."""
+def _key_rows(offs_n, n_ok, block_table_row, page_size, PAGED: tl.constexpr):
+    """(row, slot) int64 (BLOCK_N,) of logical key positions ``offs_n`` in the cache's first two
+    dims: the sequence's own row and the position (contiguous), or the page and slot (paged)."""
     if PAGED:
         page = tl.load(block_table_row + offs_n // page_size, mask=n_ok, other=0).to(tl.int64)
-        return page * stride_page + (offs_n % page_size).to(tl.int64) * stride_slot
+        return page, (offs_n % page_size).to(tl.int64)
     else:
-        return offs_n.to(tl.int64) * stride_slot
+        return tl.zeros_like(offs_n).to(tl.int64), offs_n.to(tl.int64)
 
 
 @triton.jit
@@ -49,8 +50,9 @@ def _decode_tiles(acc, m_i, l_i, q, k_base, v_base, block_table_row,
         kv_mask = d_ok[:, None]
         if MASKED:
             kv_mask = kv_mask & n_ok[None, :]
-        k_rows = _key_rows(offs_n, n_ok, block_table_row, stride_kp, stride_kn, page_size, PAGED)
-        v_rows = _key_rows(offs_n, n_ok, block_table_row, stride_vp, stride_vn, page_size, PAGED)
+        row, slot = _key_rows(offs_n, n_ok, block_table_row, page_size, PAGED)
+        k_rows = row * stride_kp + slot * stride_kn  # (BLOCK_N,) element offsets
+        v_rows = row * stride_vp + slot * stride_vn
         # K tile loaded transposed: (BLOCK_D, BLOCK_N)
         k = tl.load(k_base + k_rows[None, :] + offs_d[:, None], mask=kv_mask, other=0.0)
         qk = _dot(q, k, tl.zeros([q.shape[0], BLOCK_N], dtype=tl.float32), DOT_FP32, PRECISION)

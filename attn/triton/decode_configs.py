@@ -51,8 +51,9 @@ def decode_config(block_d: int, dtype: torch.dtype, packed_rows: int) -> DecodeC
     """The tile for ``packed_rows = (H // Hkv) * Sq`` query rows per kv head."""
     block_n = (_BLOCK_N_32BIT if dtype == torch.float32 else _BLOCK_N_16BIT)[block_d]
     block_m = decode_block_m(packed_rows)
-    # The (BLOCK_M, BLOCK_D) fp32 accumulator plus the Q tile: 8 warps once it reaches 64 x 256.
-    num_warps = 8 if block_m * block_d >= 64 * 256 else 4
+    # The (BLOCK_M, BLOCK_D) fp32 accumulator, the Q tile and two K/V tiles in flight: at 64 x 128
+    # and beyond, 4 warps sit at ptxas's 255-register limit (measured), so 8 warps share them.
+    num_warps = 8 if block_m * block_d >= 64 * 128 else 4
     return DecodeConfig(block_m, block_n, num_warps, _NUM_STAGES)
 
 
