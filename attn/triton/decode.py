@@ -77,7 +77,7 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
             out.stride(0), out.stride(1), out.stride(2),
             lse.stride(0), lse.stride(1),
             n_heads, splits, head_dim,
-            BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d,
+            BLOCK_D=block_d,
             num_warps=COMBINE_NUM_WARPS,
         )
     return out, lse
