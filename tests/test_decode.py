@@ -1,18 +1,16 @@
 """flash_attn_with_kvcache on the Triton split-KV kernel vs the oracle (DESIGN.md §3, 3x rule).
 
 On CPU the kernels run under TRITON_INTERPRET=1; with a GPU the same tests run compiled.
-The default cases cover every value of every dimension at least once (pairwise-style); the
-cross-product is under ``-m slow``.
+The default run covers every pair of values of the issue's dimensions (attn.testing.pairwise);
+the cross-product is under ``-m slow``.
 """
-import itertools
-
 import pytest
 import torch
 from _decode_cases import make_case
 
 import attn
 from attn import reference
-from attn.testing import assert_parity
+from attn.testing import assert_parity, pairwise, product
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -36,18 +34,16 @@ def _check(case, dtype, *, causal=True, window=(-1, -1), softcap=0.0, alibi=None
     return result
 
 
-# (q_len, keys after the call, H, Hkv, D, page size or None, append, num_splits, dtype)
-CASES = [
-    (1, 1, 8, 8, 64, None, True, 1, torch.float16),
-    (1, 128, 32, 4, 128, 16, False, 3, torch.bfloat16),
-    (1, 339, 8, 1, 64, 1, True, 0, torch.float32),
-    (3, 799, 16, 2, 80, 256, True, 3, torch.float16),
-    (16, 1024, 8, 8, 32, None, True, 0, torch.bfloat16),
-    (64, 800, 8, 1, 32, 16, True, 1, torch.float32),
-    (1, 4097, 4, 1, 64, None, False, 0, torch.float16),
-    (3, 128, 4, 1, 256, 1, False, 1, torch.bfloat16),
-    (16, 339, 4, 4, 16, 256, False, 3, torch.float32),
-]
+# The issue's dimensions: (q_len, keys after the call), query heads per kv head (1 = MHA), cache
+# layout (None = contiguous, else page size), append of new k/v, num_splits, dtype.
+DIMENSIONS = {
+    "sizes": [(1, 1), (1, 128), (1, 339), (3, 799), (16, 1024), (64, 800), (1, 4097)],
+    "group": [1, 4, 8],
+    "page_size": [None, 1, 16, 256],
+    "append": [False, True],
+    "num_splits": [1, 3, 0],
+    "dtype": list(DTYPES),
+}
 
 
 def _ragged(full: int, seqlen_q: int, append: bool) -> list[int]:
@@ -56,9 +52,44 @@ def _ragged(full: int, seqlen_q: int, append: bool) -> list[int]:
     return [full, least, max(least, (full * 2) // 3)]
 
 
-@pytest.mark.parametrize("seqlen_q,seqlen_k,n_heads,n_kv_heads,head_dim,page_size,append,num_splits,dtype", CASES)
-def test_decode_parity(device, seqlen_q, seqlen_k, n_heads, n_kv_heads, head_dim, page_size, append, num_splits,
-                       dtype):
+def _run_dims(device, sizes, group, page_size, append, num_splits, dtype):
+    """Two sequences (the full cache and the fewest keys) of one kv head: the interpreter's cost
+    grows with programs x key tiles, and several kv heads per sequence are covered by the head-dim
+    cases below."""
+    seqlen_q, seqlen_k = sizes
+    case = make_case(batch=2, seqlen_q=seqlen_q, n_heads=group, n_kv_heads=1, head_dim=64,
+                     seqlens_k=_ragged(seqlen_k, seqlen_q, append)[:2], capacity=seqlen_k, page_size=page_size,
+                     append=append, dtype=dtype, device=device)
+    _check(case, dtype, num_splits=num_splits)
+
+
+@pytest.mark.parametrize("dims", pairwise(DIMENSIONS), ids=lambda d: "-".join(map(str, d.values())))
+def test_decode_parity(device, dims):
+    _run_dims(device, **dims)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dims", product(DIMENSIONS), ids=lambda d: "-".join(map(str, d.values())))
+def test_decode_parity_cross_product(device, dims):
+    _run_dims(device, **dims)
+
+
+# Head dims and wide groups the sweep above does not vary:
+# (q_len, keys, H, Hkv, D, page size, append, num_splits, dtype)
+HEAD_DIM_CASES = [
+    (1, 128, 32, 4, 128, 16, False, 3, torch.bfloat16),
+    (3, 799, 16, 2, 80, 256, True, 3, torch.float16),
+    (16, 300, 4, 4, 32, None, True, 0, torch.bfloat16),
+    (3, 128, 4, 1, 256, 1, False, 1, torch.bfloat16),
+    (16, 339, 4, 4, 16, 256, False, 3, torch.float32),
+    (2, 200, 6, 3, 40, 16, True, 0, torch.float32),
+]
+
+
+@pytest.mark.parametrize("seqlen_q,seqlen_k,n_heads,n_kv_heads,head_dim,page_size,append,num_splits,dtype",
+                         HEAD_DIM_CASES)
+def test_decode_head_dims(device, seqlen_q, seqlen_k, n_heads, n_kv_heads, head_dim, page_size, append,
+                          num_splits, dtype):
     case = make_case(batch=3, seqlen_q=seqlen_q, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim,
                      seqlens_k=_ragged(seqlen_k, seqlen_q, append), capacity=seqlen_k, page_size=page_size,
                      append=append, dtype=dtype, device=device)
@@ -151,17 +182,3 @@ def test_auto_backend_runs_decode_on_cpu():
     case = make_case(batch=2, seqlen_q=2, n_heads=4, n_kv_heads=2, head_dim=32, seqlens_k=[60, 9], capacity=64,
                      page_size=16, append=True, dtype=torch.float32, device="cpu")
     _check(case, torch.float32, backend="reference")
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("page_size", [None, 1, 16, 256])
-@pytest.mark.parametrize("group", [1, 4, 8])
-@pytest.mark.parametrize("append,num_splits", list(itertools.product([False, True], [1, 3, 0])))
-@pytest.mark.parametrize("seqlen_q,seqlen_k", [(1, 1), (1, 128), (1, 339), (3, 799), (16, 1024), (64, 800),
-                                                (1, 4097)])
-def test_decode_parity_cross_product(device, seqlen_q, seqlen_k, append, num_splits, group, page_size, dtype):
-    case = make_case(batch=2, seqlen_q=seqlen_q, n_heads=group * 2, n_kv_heads=2, head_dim=64,
-                     seqlens_k=_ragged(seqlen_k, seqlen_q, append)[::2], capacity=seqlen_k, page_size=page_size,
-                     append=append, dtype=dtype, device=device)
-    _check(case, dtype, num_splits=num_splits)

@@ -39,6 +39,12 @@ class AotConfig:
     num_stages: int
     tensor_cores: bool = True  # expect mma/wgmma in the PTX
     extra: dict = field(default_factory=dict)
+    # Arguments the JIT would specialize as multiples of 16 (aligned pointers, strides) in typical
+    # calls; without these hints loads are not vectorized and the compile is not what runs.
+    divisible: tuple = ()
+    # Tensor-core instruction expected on sm_90: "wgmma" needs 64-row warpgroup tiles; kernels
+    # with smaller query tiles (decode) use mma.sync there too.
+    hopper_instr: str = "wgmma"
 
 
 def _signature(fn, cfg: AotConfig) -> dict:
@@ -90,7 +96,8 @@ def compile_config(cfg: AotConfig, arch: int) -> dict:
 
     module_name, attr = cfg.kernel.split(":")
     fn = getattr(importlib.import_module(module_name), attr)
-    src = ASTSource(fn=fn, signature=_signature(fn, cfg), constexprs=dict(cfg.constexprs))
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names) if name in cfg.divisible}
+    src = ASTSource(fn=fn, signature=_signature(fn, cfg), constexprs=dict(cfg.constexprs), attrs=attrs)
     compiled = triton.compile(
         src, target=GPUTarget("cuda", arch, 32),
         options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages},
@@ -104,15 +111,17 @@ def compile_config(cfg: AotConfig, arch: int) -> dict:
         "mma": bool(re.search(r"\bmma\.sync", ptx)),
         "wgmma": "wgmma" in ptx,
         "tensor_cores_expected": cfg.tensor_cores,
+        "hopper_instr": cfg.hopper_instr,
     }
     result.update(_ptxas_report(ptx, arch))
     return result
 
 
 def configs() -> list[AotConfig]:
+    from attn.triton.decode_aot import decode_aot_configs
     from attn.triton.fwd import forward_aot_configs
 
-    return list(forward_aot_configs())
+    return list(forward_aot_configs()) + list(decode_aot_configs())
 
 
 def main(argv=None) -> int:
