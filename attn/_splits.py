@@ -36,6 +36,20 @@ def sm_count(device) -> int:
     return NOMINAL_SM_COUNT
 
 
+# Each split writes its fp32 partial output (rows x (D + 1) x 4 bytes) and the combine reads it back;
+# keep that below this fraction of the K/V bytes the program reads, so splitting a short cache
+# for occupancy does not cost more traffic than the cache itself.
+_PARTIAL_TRAFFIC_FRACTION = 0.25
+
+
+def max_splits_for_traffic(capacity: int, head_dim: int, elem_bytes: int, rows_per_program: int) -> int:
+    """Largest split count whose partial-output traffic stays within
+    ``_PARTIAL_TRAFFIC_FRACTION`` of the K and V bytes (``capacity`` keys) one program reads."""
+    kv_bytes = 2 * capacity * head_dim * elem_bytes
+    partial_bytes_per_split = 2 * rows_per_program * (head_dim + 1) * 4  # written, then read by the combine
+    return max(1, int(_PARTIAL_TRAFFIC_FRACTION * kv_bytes // partial_bytes_per_split))
+
+
 def num_splits_heuristic(batch: int, n_kv_heads: int, n_q_tiles: int, n_key_tiles: int, n_sms: int,
                          max_splits: int = MAX_SPLITS) -> int:
     """Split count for a decode launch of ``batch * n_kv_heads * n_q_tiles`` programs, each

@@ -74,3 +74,14 @@ def test_merge_rejects_mismatched_inputs():
         attn.merge_attention_states(out, lse, out, lse.transpose(1, 2))
     with pytest.raises(TypeError, match="merge_attention_states: argument 'lse_a' expected dtype float32"):
         attn.merge_attention_states(out, lse.half(), out, lse)
+
+
+def test_partial_traffic_caps_splits():
+    """Short caches with many query rows per program split less: the fp32 partials written and
+    read back stay within a quarter of the K/V bytes read."""
+    from attn._splits import max_splits_for_traffic
+
+    cap = max_splits_for_traffic(capacity=1024, head_dim=128, elem_bytes=2, rows_per_program=64)
+    assert cap * 2 * 64 * 129 * 4 <= 0.25 * 2 * 1024 * 128 * 2 < (cap + 1) * 2 * 64 * 129 * 4
+    assert num_splits_heuristic(1, 1, 1, 16, 132, max_splits=cap) <= cap
+    assert max_splits_for_traffic(capacity=1, head_dim=16, elem_bytes=2, rows_per_program=64) == 1

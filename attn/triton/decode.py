@@ -8,7 +8,7 @@ import triton
 
 from attn._alloc import empty
 from attn._spec import AttentionSpec
-from attn._splits import num_splits_heuristic, sm_count
+from attn._splits import MAX_SPLITS, max_splits_for_traffic, num_splits_heuristic, sm_count
 from attn.triton._combine_kernel import _decode_combine_kernel
 from attn.triton._decode_kernel import _decode_split_kernel
 from attn.triton._launch import dot_flags, window_bounds
@@ -17,11 +17,12 @@ from attn.triton.decode_configs import COMBINE_NUM_WARPS, decode_config
 
 
 def choose_num_splits(num_splits: int, batch: int, n_kv_heads: int, n_q_tiles: int, n_key_tiles: int,
-                      device) -> int:
-    """``num_splits`` 0 -> the wave-efficiency heuristic; n -> n, capped at the key tiles
-    (a split beyond them could never hold a key)."""
+                      max_splits: int, device) -> int:
+    """``num_splits`` 0 -> the wave-efficiency heuristic (at most ``max_splits``); n -> n, capped
+    at the key tiles (a split beyond them could never hold a key)."""
     if num_splits == 0:
-        return num_splits_heuristic(batch, n_kv_heads, n_q_tiles, n_key_tiles, sm_count(device))
+        return num_splits_heuristic(batch, n_kv_heads, n_q_tiles, n_key_tiles, sm_count(device),
+                                    min(MAX_SPLITS, max_splits))
     return max(1, min(num_splits, n_key_tiles))
 
 
@@ -40,7 +41,9 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     block_d = head_dim_bucket(head_dim)
     cfg = decode_config(block_d, q.dtype, group * seqlen_q)
     n_q_tiles = triton.cdiv(group * seqlen_q, cfg.block_m)
-    splits = choose_num_splits(num_splits, batch, n_kv_heads, n_q_tiles, triton.cdiv(capacity, cfg.block_n), q.device)
+    max_splits = max_splits_for_traffic(capacity, head_dim, q.element_size(), min(group * seqlen_q, cfg.block_m))
+    splits = choose_num_splits(num_splits, batch, n_kv_heads, n_q_tiles, triton.cdiv(capacity, cfg.block_n),
+                               max_splits, q.device)
 
     out = empty((batch, seqlen_q, n_heads, head_dim), q.dtype, q.device)
     lse = empty((batch, n_heads, seqlen_q), torch.float32, q.device)
