@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
@@ -45,6 +46,7 @@ class AotConfig:
     # Tensor-core instruction expected on sm_90: "wgmma" needs 64-row warpgroup tiles; kernels
     # with smaller query tiles (decode) use mma.sync there too.
     hopper_instr: str = "wgmma"
+    maxnreg: Optional[int] = None  # ptxas register cap the launcher passes (None: not set)
 
 
 def _signature(fn, cfg: AotConfig) -> dict:
@@ -100,7 +102,8 @@ def compile_config(cfg: AotConfig, arch: int) -> dict:
     src = ASTSource(fn=fn, signature=_signature(fn, cfg), constexprs=dict(cfg.constexprs), attrs=attrs)
     compiled = triton.compile(
         src, target=GPUTarget("cuda", arch, 32),
-        options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages},
+        options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages,
+                 **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {})},
     )
     ptx = compiled.asm["ptx"]
     result = {

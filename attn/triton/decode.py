@@ -39,7 +39,7 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     page_size = k_cache.shape[1] if paged else 1
     capacity = block_table.shape[1] * page_size if paged else k_cache.shape[1]
     block_d = head_dim_bucket(head_dim)
-    cfg = decode_config(block_d, q.dtype, group * seqlen_q)
+    cfg = decode_config(block_d, q.dtype, group * seqlen_q, paged)
     n_q_tiles = triton.cdiv(group * seqlen_q, cfg.block_m)
     max_splits = max_splits_for_traffic(capacity, head_dim, q.element_size(), min(group * seqlen_q, cfg.block_m))
     splits = choose_num_splits(num_splits, batch, n_kv_heads, n_q_tiles, triton.cdiv(capacity, cfg.block_n),
@@ -70,7 +70,7 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         PAGED=paged, HAS_BATCH_IDX=cache_batch_idx is not None,
         HAS_SOFTCAP=spec.softcap > 0, HAS_ALIBI=spec.alibi_slopes is not None,
         **dot_flags(_decode_split_kernel, q.dtype),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
     )
     if splits > 1:
         _decode_combine_kernel[(seqlen_q, batch * n_heads)](

@@ -54,6 +54,7 @@ def _split_config(dtype, block_d, cfg, paged, features, split_output):
         tensor_cores=dtype != torch.float32,
         divisible=_divisible(kernel, _SPLIT_NOT_DIVISIBLE, constexprs),
         hopper_instr="wgmma" if cfg.block_m >= 64 else "mma",  # wgmma needs 64-row warpgroup tiles
+        maxnreg=cfg.maxnreg,
     )
 
 
@@ -78,17 +79,16 @@ def _combine_config(dtype, block_d):
 def decode_aot_configs(full: bool = False):
     """The covering subset (default) or every decode configuration (``full``)."""
     if full:
-        for (dtype, block_d, cfg), paged, split_output in itertools.product(
-                all_decode_configs(), (False, True), (True, False)):
+        for (dtype, block_d, paged, cfg), split_output in itertools.product(all_decode_configs(), (True, False)):
             yield _split_config(dtype, block_d, cfg, paged, False, split_output)
-        for (dtype, block_d, cfg), paged in itertools.product(all_decode_configs(), (False, True)):
+        for dtype, block_d, paged, cfg in all_decode_configs():
             yield _split_config(dtype, block_d, cfg, paged, True, True)
     else:
         # Every (dtype, head-dim bucket) pair once, cycling query-tile size, layout, feature flags
         # and output kind so that each value of each appears.
         for i, (dtype, block_d) in enumerate(itertools.product((torch.float16, torch.bfloat16, torch.float32),
                                                                HEAD_DIM_BUCKETS)):
-            cfg = decode_config(block_d, dtype, (64, 16, 32)[i % 3])
+            cfg = decode_config(block_d, dtype, (64, 16, 32)[i % 3], paged=i % 2 == 1)
             yield _split_config(dtype, block_d, cfg, i % 2 == 1, i % 4 == 3, i % 3 != 1)
     for dtype, block_d in itertools.product((torch.float16, torch.bfloat16, torch.float32), HEAD_DIM_BUCKETS):
         if full or block_d in (HEAD_DIM_BUCKETS[0], HEAD_DIM_BUCKETS[-1]):

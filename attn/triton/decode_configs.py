@@ -8,6 +8,7 @@ at tensor-core shape.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import triton
@@ -21,6 +22,7 @@ class DecodeConfig:
     block_n: int
     num_warps: int
     num_stages: int
+    maxnreg: Optional[int] = None  # register cap handed to ptxas (None: ptxas picks)
 
 
 # Packed query rows per program. 16 is tl.dot's minimum M; a tile of 64 rows (e.g. 8 heads x 8
@@ -47,6 +49,11 @@ _EIGHT_WARPS = {(64, 128)}
 # a few bytes in three configurations on sm_80 (measured); with three, none.
 _NUM_STAGES = 3
 
+# Paged caches add a runtime division (position // page_size) per key tile; ptxas then picks an
+# occupancy-driven register target (128 or 168) and spills a few bytes in several paged
+# configurations (measured on sm_80 and sm_90). Allowing the full register file removes them.
+_PAGED_MAXNREG = 255
+
 # Combine kernel: one program per query row folds (n_splits, D) fp32 partials one split at a time;
 # 4 warps cover D=256 with two elements per thread.
 COMBINE_NUM_WARPS = 4
@@ -56,19 +63,20 @@ def _tiles(block_d: int, dtype: torch.dtype) -> tuple[int, int]:
     return (_TILES_32BIT if dtype == torch.float32 else _TILES_16BIT)[block_d]
 
 
-def decode_config(block_d: int, dtype: torch.dtype, packed_rows: int) -> DecodeConfig:
+def decode_config(block_d: int, dtype: torch.dtype, packed_rows: int, paged: bool) -> DecodeConfig:
     """The tile for ``packed_rows = (H // Hkv) * Sq`` query rows per kv head."""
     block_n, max_block_m = _tiles(block_d, dtype)
     block_m = min(max(triton.next_power_of_2(packed_rows), BLOCK_M_CHOICES[0]), max_block_m)
     num_warps = 8 if (block_m, block_d) in _EIGHT_WARPS else 4
-    return DecodeConfig(block_m, block_n, num_warps, _NUM_STAGES)
+    return DecodeConfig(block_m, block_n, num_warps, _NUM_STAGES, _PAGED_MAXNREG if paged else None)
 
 
 def all_decode_configs():
-    """Every (dtype, block_d, config) the launcher can pick."""
+    """Every (dtype, block_d, paged, config) the launcher can pick."""
     for dtype in (torch.float16, torch.bfloat16, torch.float32):
         for block_d in HEAD_DIM_BUCKETS:
             max_block_m = _tiles(block_d, dtype)[1]
             for block_m in BLOCK_M_CHOICES:
-                if block_m <= max_block_m:
-                    yield dtype, block_d, decode_config(block_d, dtype, block_m)
+                for paged in (False, True):
+                    if block_m <= max_block_m:
+                        yield dtype, block_d, paged, decode_config(block_d, dtype, block_m, paged)
