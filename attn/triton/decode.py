@@ -39,11 +39,13 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     page_size = k_cache.shape[1] if paged else 1
     capacity = block_table.shape[1] * page_size if paged else k_cache.shape[1]
     block_d = head_dim_bucket(head_dim)
-    cfg = decode_config(block_d, q.dtype, group * seqlen_q, paged)
-    n_q_tiles = triton.cdiv(group * seqlen_q, cfg.block_m)
-    max_splits = max_splits_for_traffic(capacity, head_dim, q.element_size(), min(group * seqlen_q, cfg.block_m))
-    splits = choose_num_splits(num_splits, batch, n_kv_heads, n_q_tiles, triton.cdiv(capacity, cfg.block_n),
+    features = spec.softcap > 0 or spec.alibi_slopes is not None
+    tile = decode_config(block_d, q.dtype, group * seqlen_q)  # the split count needs only the tile shape
+    n_q_tiles = triton.cdiv(group * seqlen_q, tile.block_m)
+    max_splits = max_splits_for_traffic(capacity, head_dim, q.element_size(), min(group * seqlen_q, tile.block_m))
+    splits = choose_num_splits(num_splits, batch, n_kv_heads, n_q_tiles, triton.cdiv(capacity, tile.block_n),
                                max_splits, q.device)
+    cfg = decode_config(block_d, q.dtype, group * seqlen_q, paged, splits == 1, features)
 
     out = empty((batch, seqlen_q, n_heads, head_dim), q.dtype, q.device)
     lse = empty((batch, n_heads, seqlen_q), torch.float32, q.device)

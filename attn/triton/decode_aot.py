@@ -79,17 +79,16 @@ def _combine_config(dtype, block_d):
 def decode_aot_configs(full: bool = False):
     """The covering subset (default) or every decode configuration (``full``)."""
     if full:
-        for (dtype, block_d, paged, cfg), split_output in itertools.product(all_decode_configs(), (True, False)):
-            yield _split_config(dtype, block_d, cfg, paged, False, split_output)
-        for dtype, block_d, paged, cfg in all_decode_configs():
-            yield _split_config(dtype, block_d, cfg, paged, True, True)
+        for dtype, block_d, paged, final, features, cfg in all_decode_configs():
+            yield _split_config(dtype, block_d, cfg, paged, features, not final)
     else:
         # Every (dtype, head-dim bucket) pair once, cycling query-tile size, layout, feature flags
         # and output kind so that each value of each appears.
         for i, (dtype, block_d) in enumerate(itertools.product((torch.float16, torch.bfloat16, torch.float32),
                                                                HEAD_DIM_BUCKETS)):
-            cfg = decode_config(block_d, dtype, (64, 16, 32)[i % 3], paged=i % 2 == 1)
-            yield _split_config(dtype, block_d, cfg, i % 2 == 1, i % 4 == 3, i % 3 != 1)
+            paged, features, final = i % 2 == 1, i % 4 == 3, i % 3 == 1
+            cfg = decode_config(block_d, dtype, (64, 16, 32)[i % 3], paged, final, features)
+            yield _split_config(dtype, block_d, cfg, paged, features, not final)
     for dtype, block_d in itertools.product((torch.float16, torch.bfloat16, torch.float32), HEAD_DIM_BUCKETS):
         if full or block_d in (HEAD_DIM_BUCKETS[0], HEAD_DIM_BUCKETS[-1]):
             yield _combine_config(dtype, block_d)

@@ -49,10 +49,15 @@ _EIGHT_WARPS = {(64, 128)}
 # a few bytes in three configurations on sm_80 (measured); with three, none.
 _NUM_STAGES = 3
 
-# Paged caches add a runtime division (position // page_size) per key tile; ptxas then picks an
-# occupancy-driven register target (128 or 168) and spills a few bytes in several paged
-# configurations (measured on sm_80 and sm_90). Allowing the full register file removes them.
-_PAGED_MAXNREG = 255
+# Paged caches add a runtime division (position // page_size) per key and keep the gathered row
+# offsets of every in-flight tile live. ptxas then picks an occupancy-driven register target (128
+# or 168) and, in the configurations below, spills a few bytes; lifting the cap (maxnreg=255)
+# removes those spills, while lifting it everywhere made ptxas spill elsewhere. Measured with
+# ``python -m attn.triton.decode_aot --all`` on sm_80 and sm_90: a configuration is listed when it
+# spilled on either architecture with ptxas's own target and spills on neither with the cap lifted.
+# Keys: (dtype, BLOCK_D, BLOCK_M, writes the final output (no split), softcap/ALiBi on).
+_LIFTED_REGISTER_CAP = frozenset()
+_MAXNREG = 255
 
 # Combine kernel: one program per query row folds (n_splits, D) fp32 partials one split at a time;
 # 4 warps cover D=256 with two elements per thread.
@@ -63,20 +68,26 @@ def _tiles(block_d: int, dtype: torch.dtype) -> tuple[int, int]:
     return (_TILES_32BIT if dtype == torch.float32 else _TILES_16BIT)[block_d]
 
 
-def decode_config(block_d: int, dtype: torch.dtype, packed_rows: int, paged: bool) -> DecodeConfig:
-    """The tile for ``packed_rows = (H // Hkv) * Sq`` query rows per kv head."""
+def decode_config(block_d: int, dtype: torch.dtype, packed_rows: int, paged: bool = False, final: bool = False,
+                  features: bool = False) -> DecodeConfig:
+    """The tile for ``packed_rows = (H // Hkv) * Sq`` query rows per kv head; ``final``: the
+    split kernel writes the output itself (one split); ``features``: softcap or ALiBi."""
     block_n, max_block_m = _tiles(block_d, dtype)
     block_m = min(max(triton.next_power_of_2(packed_rows), BLOCK_M_CHOICES[0]), max_block_m)
     num_warps = 8 if (block_m, block_d) in _EIGHT_WARPS else 4
-    return DecodeConfig(block_m, block_n, num_warps, _NUM_STAGES, _PAGED_MAXNREG if paged else None)
+    lifted = paged and (dtype, block_d, block_m, final, features) in _LIFTED_REGISTER_CAP
+    return DecodeConfig(block_m, block_n, num_warps, _NUM_STAGES, _MAXNREG if lifted else None)
 
 
 def all_decode_configs():
-    """Every (dtype, block_d, paged, config) the launcher can pick."""
+    """Every (dtype, block_d, paged, final, features, config) the launcher can pick (features
+    only with split outputs: they add ALU work, not operands)."""
     for dtype in (torch.float16, torch.bfloat16, torch.float32):
         for block_d in HEAD_DIM_BUCKETS:
             max_block_m = _tiles(block_d, dtype)[1]
             for block_m in BLOCK_M_CHOICES:
-                for paged in (False, True):
+                for paged, final, features in ((p, f, x) for p in (False, True) for f, x in
+                                               ((False, False), (True, False), (False, True))):
                     if block_m <= max_block_m:
-                        yield dtype, block_d, paged, decode_config(block_d, dtype, block_m, paged)
+                        yield (dtype, block_d, paged, final, features,
+                               decode_config(block_d, dtype, block_m, paged, final, features))
