@@ -36,9 +36,10 @@ BLOCK_M_CHOICES = (16, 32, 64)
 #   32 keys and the query tile stops at 32 rows: 64 x 256 fp32 accumulators spill with 4 warps
 #   and with 8.
 # * fp32 (IEEE products on FMA units, no tensor cores): every operand sits in registers, so the
-#   tiles are the smallest that tl.dot takes: 16 query rows, and 16-key tiles from D=128.
+#   tiles are the smallest that tl.dot takes: 16 query rows, and 16-key tiles from D=64 (32-key
+#   tiles spilled at D=64 with a paged cache whatever the register cap).
 _TILES_16BIT = {16: (64, 64), 32: (64, 64), 64: (64, 64), 128: (64, 64), 256: (32, 32)}
-_TILES_32BIT = {16: (32, 16), 32: (32, 16), 64: (32, 16), 128: (16, 16), 256: (16, 16)}
+_TILES_32BIT = {16: (32, 16), 32: (32, 16), 64: (16, 16), 128: (16, 16), 256: (16, 16)}
 
 # 4 warps, except the 64 x 128 16-bit query tile, where 4 warps sit at ptxas's 255-register limit
 # and 8 share the accumulator (205 registers on sm_80).
@@ -49,14 +50,35 @@ _EIGHT_WARPS = {(64, 128)}
 # a few bytes in three configurations on sm_80 (measured); with three, none.
 _NUM_STAGES = 3
 
-# Paged caches add a runtime division (position // page_size) per key and keep the gathered row
-# offsets of every in-flight tile live. ptxas then picks an occupancy-driven register target (128
-# or 168) and, in the configurations below, spills a few bytes; lifting the cap (maxnreg=255)
-# removes those spills, while lifting it everywhere made ptxas spill elsewhere. Measured with
-# ``python -m attn.triton.decode_aot --all`` on sm_80 and sm_90: a configuration is listed when it
-# spilled on either architecture with ptxas's own target and spills on neither with the cap lifted.
-# Keys: (dtype, BLOCK_D, BLOCK_M, writes the final output (no split), softcap/ALiBi on).
-_LIFTED_REGISTER_CAP = frozenset()
+# ptxas picks an occupancy-driven register target (80, 128 or 168 registers here) and in some
+# configurations spills a few bytes to meet it, mostly with paged caches (a runtime division
+# position // page_size per key, and the gathered row offsets of every in-flight tile stay live).
+# Lifting the cap (maxnreg=255) removes those spills; lifting it everywhere made ptxas spill in
+# others. Measured with ``python -m attn.triton.decode_aot --all`` on sm_80 and sm_90: a
+# configuration is listed when it spilled on either architecture with ptxas's own target and
+# spills on neither with the cap lifted.
+# Keys: (dtype, BLOCK_D, BLOCK_M, paged, writes the final output (one split), softcap/ALiBi on).
+_LIFTED_REGISTER_CAP = frozenset({
+    (torch.float16, 32, 32, True, True, False),
+    (torch.float16, 32, 32, True, False, True),
+    (torch.float16, 32, 64, True, False, True),
+    (torch.float16, 128, 16, True, False, False),
+    (torch.float16, 256, 16, True, False, False),
+    (torch.bfloat16, 32, 32, True, True, False),
+    (torch.bfloat16, 32, 32, True, False, True),
+    (torch.bfloat16, 32, 64, True, False, True),
+    (torch.bfloat16, 128, 16, True, False, False),
+    (torch.bfloat16, 256, 16, True, False, False),
+    (torch.float32, 16, 16, True, False, False),
+    (torch.float32, 16, 16, True, True, False),
+    (torch.float32, 32, 16, True, False, False),
+    (torch.float32, 32, 16, True, True, False),
+    (torch.float32, 64, 16, False, False, False),
+    (torch.float32, 64, 16, False, True, False),
+    (torch.float32, 128, 16, True, False, False),
+    (torch.float32, 128, 16, True, True, False),
+    (torch.float32, 128, 16, True, False, True),
+})
 _MAXNREG = 255
 
 # Combine kernel: one program per query row folds (n_splits, D) fp32 partials one split at a time;
@@ -75,7 +97,7 @@ def decode_config(block_d: int, dtype: torch.dtype, packed_rows: int, paged: boo
     block_n, max_block_m = _tiles(block_d, dtype)
     block_m = min(max(triton.next_power_of_2(packed_rows), BLOCK_M_CHOICES[0]), max_block_m)
     num_warps = 8 if (block_m, block_d) in _EIGHT_WARPS else 4
-    lifted = paged and (dtype, block_d, block_m, final, features) in _LIFTED_REGISTER_CAP
+    lifted = (dtype, block_d, block_m, paged, final, features) in _LIFTED_REGISTER_CAP
     return DecodeConfig(block_m, block_n, num_warps, _NUM_STAGES, _MAXNREG if lifted else None)
 
 
