@@ -22,6 +22,7 @@ from typing import Iterable, Iterator, Optional
 # name -> "module:attribute" of the backend object
 _REGISTRY: dict[str, str] = {
     "triton": "attn.triton.backend:BACKEND",
+    "cpu": "attn._cpu_backend:CPU",
     "torch": "attn._torch_backend:TORCH",
     "reference": "attn._torch_backend:REFERENCE",
 }

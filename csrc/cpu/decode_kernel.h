@@ -1,0 +1,248 @@
+// Split-KV decode (flash-decoding) on CPU (included per instruction set after vec.h, tiles.h).
+//
+// One work item = (batch b, kv head, split s): the R = Sq * group query rows that read this kv
+// head (row r = query position r / group, head kv_head * group + r % group) against the split's
+// key range, so every K/V row is read from memory once per item. Per tile of DECODE_BLOCK_N keys:
+//   S = Q K_tile^T (R x N, log2 units), masks, online softmax per row, O = O alpha + P V_tile.
+// Each split writes O / l and lse (log2 units) to scratch; a second pass merges the splits:
+//   lse = log2 sum_s 2^lse_s, out = sum_s 2^(lse_s - lse) O_s.
+
+namespace dec {
+
+// S[r][j] = q_r . k_j for RB rows; q rows and k rows are Dp floats (whole vectors).
+template <int RB>
+static inline void dot_rows(float* s, const float* q, const float* const* k_rows, int n, int64_t dp) {
+  for (int j = 0; j < n; ++j) {
+    vf acc[RB];
+#pragma GCC unroll 8
+    for (int r = 0; r < RB; ++r) acc[r] = splat(0.f);
+    const float* k = k_rows[j];
+    for (int64_t d = 0; d < dp; d += W) {
+      const vf kv = load(k + d);
+#pragma GCC unroll 8
+      for (int r = 0; r < RB; ++r) acc[r] += load(q + r * dp + d) * kv;
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < RB; ++r) s[r * DECODE_BLOCK_N + j] = hsum(acc[r]);
+  }
+}
+
+// O[r][d:d+C*W] = O alpha_r + sum_j P[r][j] V[j][d:d+C*W] for RB rows.
+template <int RB, int C>
+static inline void pv_rows(float* o, const float* p, const float* alpha, const float* const* v_rows, int n,
+                           int64_t d, int64_t dp) {
+  vf acc[RB][C];
+#pragma GCC unroll 8
+  for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) acc[r][c] = load(o + r * dp + d + c * W) * alpha[r];
+  for (int j = 0; j < n; ++j) {
+    vf v[C];
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) v[c] = load(v_rows[j] + d + c * W);
+#pragma GCC unroll 8
+    for (int r = 0; r < RB; ++r) {
+      const vf pb = splat(p[r * DECODE_BLOCK_N + j]);
+#pragma GCC unroll 8
+      for (int c = 0; c < C; ++c) acc[r][c] += pb * v[c];
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) store(o + r * dp + d + c * W, acc[r][c]);
+}
+
+constexpr int PV_VECS = 4;  // feature vectors per P V micro-kernel: 4 rows x 4 = 16 accumulators
+
+template <int RB>
+static void pv_all(float* o, const float* p, const float* alpha, const float* const* v_rows, int n, int64_t dp) {
+  int64_t d = 0;
+  for (; d + PV_VECS * W <= dp; d += PV_VECS * W) pv_rows<RB, PV_VECS>(o, p, alpha, v_rows, n, d, dp);
+  for (; d < dp; d += W) pv_rows<RB, 1>(o, p, alpha, v_rows, n, d, dp);
+}
+
+// The per-row online-softmax step over one tile of S (row stride DECODE_BLOCK_N, entries
+// past the tile are -inf): P replaces S, alpha = 2^(m_old - m_new).
+static void online_softmax_update(float* s, int rows, float* m, float* l, float* alpha) {
+  for (int r = 0; r < rows; ++r) {
+    float* row = s + r * DECODE_BLOCK_N;
+    vf tile_max = splat(kNegInf);
+    for (int j = 0; j < DECODE_BLOCK_N; j += W) tile_max = vmax(tile_max, load(row + j));
+    const float m_new = std::max(m[r], hmax(tile_max));
+    const float m_use = m_new == kNegInf ? 0.f : m_new;
+    alpha[r] = std::exp2(m[r] - m_use);
+    vf sum = splat(0.f);
+    for (int j = 0; j < DECODE_BLOCK_N; j += W) {
+      const vf e = exp2v(load(row + j) - m_use);
+      store(row + j, e);
+      sum += e;
+    }
+    m[r] = m_new;
+    l[r] = l[r] * alpha[r] + hsum(sum);
+  }
+}
+
+struct Workspace {
+  float *q, *o, *s, *m, *l, *alpha, *k_tile, *v_tile;
+  const float** k_rows;
+  const float** v_rows;
+  // Row pointers first (8-byte aligned at the 64-byte aligned base), then the fp32 buffers.
+  static constexpr int64_t kPointerFloats = 2 * DECODE_BLOCK_N * int64_t(sizeof(void*)) / 4;
+  static int64_t floats(int64_t rows, int64_t dp) {
+    // q, o: rows x Dp; s: rows x N; m, l, alpha: rows; K/V tiles: N x Dp.
+    return kPointerFloats + 2 * rows * dp + rows * DECODE_BLOCK_N + 3 * rows + 2 * DECODE_BLOCK_N * dp;
+  }
+  Workspace(float* base, int64_t rows, int64_t dp) {
+    k_rows = reinterpret_cast<const float**>(base);
+    v_rows = k_rows + DECODE_BLOCK_N;
+    q = base + kPointerFloats;
+    o = q + rows * dp;
+    s = o + rows * dp;
+    m = s + rows * DECODE_BLOCK_N;
+    l = m + rows;
+    alpha = l + rows;
+    k_tile = alpha + rows;
+    v_tile = k_tile + DECODE_BLOCK_N * dp;
+  }
+};
+
+struct Split {
+  int64_t key_lo, key_hi;  // keys of this split
+};
+
+// Keys batch b may see at all, cut into `splits` ranges of whole tiles.
+static Split split_range(const DecodeParams& p, int64_t b, int split, int splits) {
+  const int64_t len = reinterpret_cast<const int32_t*>(p.cache_seqlens)[b];
+  const int64_t offset = len - p.seqlen_q;
+  const int64_t lo = p.window_left >= 0 ? std::max<int64_t>(0, offset - p.window_left) : 0;
+  const int64_t hi = p.window_right >= 0 ? std::min<int64_t>(len, p.seqlen_q - 1 + offset + p.window_right + 1) : len;
+  if (hi <= lo) return {0, 0};
+  const int64_t chunk = round_up(ceil_div(hi - lo, splits), DECODE_BLOCK_N);
+  const int64_t a = std::min(hi, lo + split * chunk);
+  return {a, std::min(hi, a + chunk)};
+}
+
+static void decode_split(const DecodeParams& p, Workspace& w, int64_t b, int64_t kv_head, const Split& range,
+                         float* part_out, float* part_lse, int64_t dp, bool direct) {
+  const int64_t group = p.n_heads / p.n_kv_heads;
+  const int rows = int(p.seqlen_q * group);
+  const int64_t esize = dtype_size(p.dtype);
+  const bool softcap = p.softcap > 0.f;
+  const float q_scale = softcap ? p.softmax_scale / p.softcap : p.softmax_scale * kLog2e;
+  for (int r = 0; r < rows; ++r) {
+    const int64_t i = r / group, h = kv_head * group + r % group;
+    const char* q = reinterpret_cast<const char*>(p.q) + (b * p.q_batch_stride + i * p.q_row_stride + h * p.q_head_stride) * esize;
+    load_row(w.q + r * dp, q, p.dtype, p.head_dim, q_scale);
+    for (int64_t d = p.head_dim; d < dp; ++d) w.q[r * dp + d] = 0.f;
+    for (int64_t d = 0; d < dp; ++d) w.o[r * dp + d] = 0.f;
+    w.m[r] = kNegInf;
+    w.l[r] = 0.f;
+  }
+  const int64_t len = reinterpret_cast<const int32_t*>(p.cache_seqlens)[b];
+  const int64_t offset = len - p.seqlen_q;
+  const float* slopes = reinterpret_cast<const float*>(p.alibi_slopes);
+  for (int64_t j0 = range.key_lo; j0 < range.key_hi; j0 += DECODE_BLOCK_N) {
+    const int n = int(std::min<int64_t>(DECODE_BLOCK_N, range.key_hi - j0));
+    gather_rows(p, w.k_rows, w.k_tile, p.k_cache, b, j0, n, p.k_batch_stride, p.k_row_stride, p.k_head_stride,
+                kv_head, dp, direct);
+    gather_rows(p, w.v_rows, w.v_tile, p.v_cache, b, j0, n, p.v_batch_stride, p.v_row_stride, p.v_head_stride,
+                kv_head, dp, direct);
+    int r = 0;
+    for (; r + DECODE_ROWS <= rows; r += DECODE_ROWS)
+      dot_rows<DECODE_ROWS>(w.s + r * DECODE_BLOCK_N, w.q + r * dp, w.k_rows, n, dp);
+    for (; r < rows; ++r) dot_rows<1>(w.s + r * DECODE_BLOCK_N, w.q + r * dp, w.k_rows, n, dp);
+    for (r = 0; r < rows; ++r) {
+      float* s = w.s + r * DECODE_BLOCK_N;
+      const int64_t i = r / group, h = kv_head * group + r % group;
+      if (softcap)
+        for (int j = 0; j < DECODE_BLOCK_N; j += W) store(s + j, p.softcap * kLog2e * tanhv(load(s + j)));
+      if (slopes) {
+        const float slope = slopes[b * p.n_heads + h] * kLog2e;
+        for (int j = 0; j < n; ++j) s[j] -= slope * float(std::abs(i + offset - (j0 + j)));
+      }
+      for (int j = 0; j < n; ++j) {
+        const int64_t key = j0 + j;
+        const bool hidden = (p.window_right >= 0 && key > i + offset + p.window_right) ||
+                            (p.window_left >= 0 && key < i + offset - p.window_left);
+        if (hidden) s[j] = kNegInf;
+      }
+      for (int j = n; j < DECODE_BLOCK_N; ++j) s[j] = kNegInf;
+    }
+    online_softmax_update(w.s, rows, w.m, w.l, w.alpha);
+    for (r = 0; r + DECODE_ROWS <= rows; r += DECODE_ROWS)
+      pv_all<DECODE_ROWS>(w.o + r * dp, w.s + r * DECODE_BLOCK_N, w.alpha + r, w.v_rows, n, dp);
+    for (; r < rows; ++r) pv_all<1>(w.o + r * dp, w.s + r * DECODE_BLOCK_N, w.alpha + r, w.v_rows, n, dp);
+  }
+  for (int r = 0; r < rows; ++r) {
+    const float l = w.l[r];
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    for (int64_t d = 0; d < p.head_dim; ++d) part_out[r * p.head_dim + d] = w.o[r * dp + d] * inv;
+    part_lse[r] = l > 0.f ? w.m[r] + std::log2(l) : kNegInf;
+  }
+}
+
+// Splits per (batch, kv head): enough items for ~4 per thread (load balance under the
+// dynamic schedule), never more than the longest sequence has key tiles.
+static int choose_splits(const DecodeParams& p, int threads) {
+  if (p.num_splits > 0) return p.num_splits;
+  int64_t longest = 0;
+  for (int64_t b = 0; b < p.batch; ++b)
+    longest = std::max<int64_t>(longest, reinterpret_cast<const int32_t*>(p.cache_seqlens)[b]);
+  const int64_t work = p.batch * p.n_kv_heads;
+  const int64_t want = ceil_div(4 * int64_t(threads), work);
+  return int(std::max<int64_t>(1, std::min(want, ceil_div(longest, DECODE_BLOCK_N))));
+}
+
+}  // namespace dec
+
+void decode(const DecodeParams& p) {
+  const int threads = team_size(p.num_threads);
+  const int splits = dec::choose_splits(p, threads);
+  const int64_t group = p.n_heads / p.n_kv_heads;
+  const int64_t rows = p.seqlen_q * group;
+  const int64_t dp = round_up(p.head_dim, W);
+  const bool direct = p.dtype == DType::kFloat32 && p.head_dim % W == 0;
+  const int64_t items = p.batch * p.n_kv_heads * splits;
+  Floats part_out(items * rows * p.head_dim), part_lse(items * rows);
+  const int64_t per_thread = round_up(dec::Workspace::floats(rows, dp), 16);
+  Floats scratch(per_thread * threads);
+#pragma omp parallel num_threads(threads)
+  {
+    dec::Workspace w(scratch.get() + thread_id() * per_thread, rows, dp);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < items; ++item) {
+      const int split = int(item % splits);
+      const int64_t bk = item / splits;
+      const int64_t b = bk / p.n_kv_heads, kv_head = bk % p.n_kv_heads;
+      dec::decode_split(p, w, b, kv_head, dec::split_range(p, b, split, splits),
+                        part_out.get() + item * rows * p.head_dim, part_lse.get() + item * rows, dp, direct);
+    }
+  }
+  const int64_t esize = dtype_size(p.dtype);
+  const int64_t outputs = p.batch * p.n_kv_heads * rows;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t x = 0; x < outputs; ++x) {
+    const int64_t r = x % rows, bk = x / rows;
+    const int64_t b = bk / p.n_kv_heads, kv_head = bk % p.n_kv_heads;
+    const int64_t i = r / group, h = kv_head * group + r % group;
+    const float* lse_s = part_lse.get() + bk * splits * rows + r;  // split s at lse_s[s * rows]
+    const float* out_s = part_out.get() + (bk * splits * rows + r) * p.head_dim;
+    float top = kNegInf;
+    for (int s = 0; s < splits; ++s) top = std::max(top, lse_s[s * rows]);
+    const float top_use = top == kNegInf ? 0.f : top;
+    float total = 0.f;
+    for (int s = 0; s < splits; ++s) total += std::exp2(lse_s[s * rows] - top_use);
+    void* out = reinterpret_cast<char*>(p.out) + (b * p.out_batch_stride + i * p.out_row_stride + h * p.out_head_stride) * esize;
+    for (int64_t d = 0; d < p.head_dim; ++d) {
+      float acc = 0.f;
+      for (int s = 0; s < splits; ++s) {
+        const float weight = total > 0.f ? std::exp2(lse_s[s * rows] - top_use) / total : 0.f;
+        acc += weight * out_s[s * rows * p.head_dim + d];
+      }
+      store_elem(out, d, p.dtype, acc);
+    }
+    float* lse = reinterpret_cast<float*>(p.lse) + b * p.lse_batch_stride + h * p.lse_head_stride;
+    lse[i] = total > 0.f ? (top + std::log2(total)) * kLn2 : kNegInf;
+  }
+}

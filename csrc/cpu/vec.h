@@ -1,0 +1,63 @@
+// Portable SIMD on GCC/Clang vector extensions. Included once per instruction set inside that
+// set's namespace (see kernels_*.cpp) with ATTN_CPU_VEC_BYTES = 16 (SSE2 / NEON baseline),
+// 32 (AVX2 + FMA) or 64 (AVX-512); the compiler maps `a * b + c` to FMA where the target has
+// it (the build passes -ffp-contract=fast). No intrinsics, so aarch64 builds the same code.
+
+constexpr int W = ATTN_CPU_VEC_BYTES / 4;  // fp32 lanes per vector
+typedef float vf __attribute__((vector_size(ATTN_CPU_VEC_BYTES)));
+typedef int32_t vi __attribute__((vector_size(ATTN_CPU_VEC_BYTES)));
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+constexpr float kNegInf = -__builtin_inff();
+
+static inline vf splat(float x) { return vf{} + x; }
+static inline vf load(const float* p) { vf v; __builtin_memcpy(&v, p, sizeof(v)); return v; }
+static inline void store(float* p, vf v) { __builtin_memcpy(p, &v, sizeof(v)); }
+static inline vf vmax(vf a, vf b) { return a > b ? a : b; }
+static inline vf iota(float start) {
+  vf v;
+  for (int i = 0; i < W; ++i) v[i] = start + float(i);
+  return v;
+}
+static inline float hsum(vf v) {
+  float s = 0.f;
+  for (int i = 0; i < W; ++i) s += v[i];
+  return s;
+}
+static inline float hmax(vf v) {
+  float m = v[0];
+  for (int i = 1; i < W; ++i) m = v[i] > m ? v[i] : m;
+  return m;
+}
+
+// 2^x per lane; exact 0 for x < -126 (so -inf, masked scores, give 0), relative error ~2e-7.
+// Range reduction x = n + f, |f| <= 1/2, then Cephes' exp2f minimax polynomial for 2^f.
+static inline vf exp2v(vf x) {
+  const vf lo = splat(-126.f);
+  const vi dead = x < lo;
+  x = dead ? lo : x;
+  x = x > splat(127.f) ? splat(127.f) : x;
+  const vf round_magic = splat(0x1.8p23f);  // adding it rounds to an integer in the low bits
+  const vf t = x + round_magic;
+  const vf n = t - round_magic;
+  const vf f = x - n;
+  const vi ni = (vi)t - 0x4b400000;  // the integer n, from t's bit pattern
+  vf p = splat(1.535336188319500e-4f);
+  p = p * f + 1.339887440266574e-3f;
+  p = p * f + 9.618437357674640e-3f;
+  p = p * f + 5.550332471162809e-2f;
+  p = p * f + 2.402264791363012e-1f;
+  p = p * f + 6.931472028550421e-1f;
+  p = p * f + 1.f;
+  const vf scale = (vf)((ni + 127) << 23);
+  return dead ? splat(0.f) : p * scale;
+}
+
+// tanh(x) = sign(x) (1 - e) / (1 + e), e = 2^(-2 log2(e) |x|): no overflow for any x.
+static inline vf tanhv(vf x) {
+  const vf ax = x < 0 ? -x : x;
+  const vf e = exp2v(ax * (-2.f * kLog2e));
+  const vf t = (1.f - e) / (1.f + e);
+  return x < 0 ? -t : t;
+}
