@@ -107,6 +107,37 @@ struct Workspace {
   }
 };
 
+// Element offset of key j's row (kv head kv_head) for batch b, in a batched or paged cache.
+static inline int64_t cache_row(const DecodeParams& p, int64_t b, int64_t j, int64_t batch_stride,
+                                int64_t row_stride, int64_t head_stride, int64_t kv_head) {
+  if (p.block_table) {
+    const int32_t* table = reinterpret_cast<const int32_t*>(p.block_table) + b * p.block_table_batch_stride;
+    return table[j / p.page_size] * batch_stride + (j % p.page_size) * row_stride + kv_head * head_stride;
+  }
+  const int64_t cb = p.cache_batch_idx ? reinterpret_cast<const int32_t*>(p.cache_batch_idx)[b] : b;
+  return cb * batch_stride + j * row_stride + kv_head * head_stride;
+}
+
+// Fills row pointers for keys [j0, j0 + n): fp32 rows in place when `direct`, else rows
+// converted (and zero-padded to Dp) into `tile`.
+static void gather_rows(const DecodeParams& p, const float** rows, float* tile, uintptr_t cache, int64_t b,
+                        int64_t j0, int n, int64_t batch_stride, int64_t row_stride, int64_t head_stride,
+                        int64_t kv_head, int64_t dp, bool direct) {
+  const int64_t esize = dtype_size(p.dtype);
+  for (int j = 0; j < n; ++j) {
+    const int64_t off = cache_row(p, b, j0 + j, batch_stride, row_stride, head_stride, kv_head);
+    const char* src = reinterpret_cast<const char*>(cache) + off * esize;
+    if (direct) {
+      rows[j] = reinterpret_cast<const float*>(src);
+    } else {
+      float* dst = tile + j * dp;
+      load_row(dst, src, p.dtype, p.head_dim, 1.f);
+      for (int64_t d = p.head_dim; d < dp; ++d) dst[d] = 0.f;
+      rows[j] = dst;
+    }
+  }
+}
+
 struct Split {
   int64_t key_lo, key_hi;  // keys of this split
 };

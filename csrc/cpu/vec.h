@@ -11,7 +11,9 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 constexpr float kNegInf = -__builtin_inff();
 
-static inline vf splat(float x) { return vf{} + x; }
+// A broadcast. Written as x * 1 because x * 1 folds to a plain broadcast; `vf{} + x` leaves a
+// scalar add in the loop (x + 0 is not x for x = -0) and a lane-by-lane loop is not recognized.
+static inline vf splat(float x) { return x * (vf{} + 1.f); }
 static inline vf load(const float* p) { vf v; __builtin_memcpy(&v, p, sizeof(v)); return v; }
 static inline void store(float* p, vf v) { __builtin_memcpy(p, &v, sizeof(v)); }
 static inline vf vmax(vf a, vf b) { return a > b ? a : b; }
