@@ -22,10 +22,24 @@ static inline vf iota(float start) {
   for (int i = 0; i < W; ++i) v[i] = start + float(i);
   return v;
 }
+// Horizontal sum by halving (log2(W) adds of half-width vectors), not lane by lane.
+// __builtin_shufflevector keeps the halves in registers (a memcpy of part of a vector would
+// pin the accumulator arrays of the callers to the stack).
+typedef float vf4 __attribute__((vector_size(16)));
 static inline float hsum(vf v) {
-  float s = 0.f;
-  for (int i = 0; i < W; ++i) s += v[i];
-  return s;
+#if ATTN_CPU_VEC_BYTES == 64
+  typedef float vf8 __attribute__((vector_size(32)));
+  const vf8 v8 = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                 __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+#elif ATTN_CPU_VEC_BYTES == 32
+  const vf v8 = v;
+#endif
+#if ATTN_CPU_VEC_BYTES >= 32
+  const vf4 v4 = __builtin_shufflevector(v8, v8, 0, 1, 2, 3) + __builtin_shufflevector(v8, v8, 4, 5, 6, 7);
+#else
+  const vf4 v4 = v;
+#endif
+  return (v4[0] + v4[2]) + (v4[1] + v4[3]);
 }
 static inline float hmax(vf v) {
   float m = v[0];
