@@ -36,7 +36,13 @@ def supported_isas() -> list[str]:
 
 
 def _isa(isa: Optional[str]) -> str:
-    return isa if isa is not None else os.environ.get("ATTN_CPU_ISA", "")
+    """The instruction set to run: ``isa``, else ``$ATTN_CPU_ISA``, else "" (the best supported)."""
+    if isa is None:
+        isa = os.environ.get("ATTN_CPU_ISA", "")
+        if isa and isa not in supported_isas():
+            raise ValueError(f"cpu backend: environment variable ATTN_CPU_ISA expected one of "
+                             f"{supported_isas()} (what this CPU supports), got {isa!r}")
+    return isa
 
 
 def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec,
@@ -73,25 +79,26 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: A
     return out, lse
 
 
-def decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
-           block_table: Optional[torch.Tensor], spec: AttentionSpec, cache_batch_idx: Optional[torch.Tensor] = None,
+def decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seqlens_k: torch.Tensor,
+           cache_batch_idx: Optional[torch.Tensor], block_table: Optional[torch.Tensor], spec: AttentionSpec,
            num_splits: int = 0, isa: Optional[str] = None):
     """Attention of a few new queries against a KV cache, split over the keys (flash-decoding).
 
     ``q (B, Sq, H, D)``; ``k_cache, v_cache`` either ``(B_cache, S_cache, Hkv, D)`` (row ``b``, or
     ``cache_batch_idx[b]``) or paged ``(num_blocks, page_size, Hkv, D)`` with ``block_table (B,
-    max_blocks)`` int32; ``cache_seqlens (B,)`` int32 keys per batch; causal/window alignment is
+    max_blocks)`` int32; ``seqlens_k (B,)`` keys per batch; causal/window alignment is
     bottom-right. ``num_splits`` 0 picks from the work and thread count. Returns ``out (B, Sq, H,
     D)`` in q's dtype and ``lse (B, H, Sq)`` fp32. Inputs are assumed validated by the caller.
+    Scratch memory per thread grows with ``Sq * H * D``: meant for decoding a few tokens.
     """
     batch, seqlen_q, n_heads, head_dim = q.shape
     n_kv_heads = k_cache.shape[2]
     out = empty((batch, seqlen_q, n_heads, head_dim), q.dtype, q.device)
     lse = empty((batch, n_heads, seqlen_q), torch.float32, q.device)
-    cache_seqlens = cache_seqlens.to(torch.int32).contiguous()
+    seqlens_k = seqlens_k.to(torch.int32).contiguous()
     p = _cpu.DecodeParams()
     p.q, p.k_cache, p.v_cache = q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr()
-    p.out, p.lse, p.cache_seqlens = out.data_ptr(), lse.data_ptr(), cache_seqlens.data_ptr()
+    p.out, p.lse, p.cache_seqlens = out.data_ptr(), lse.data_ptr(), seqlens_k.data_ptr()
     if block_table is not None:
         block_table = block_table.to(torch.int32)
         p.block_table = block_table.data_ptr()
@@ -157,6 +164,7 @@ class CPUBackend:
     capabilities = {
         "forward": frozenset({"causal", "window_size", "softcap", "alibi_slopes", "attn_mask", "return_lse",
                               "backward"}),
+        "decode": frozenset({"causal", "window_size", "softcap", "alibi_slopes", "return_lse"}),
     }
 
     def status(self, device_type: str):
@@ -166,6 +174,10 @@ class CPUBackend:
         if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
             return _CPUAttention.apply(q, k, v, spec)
         return attention_forward(q, k, v, spec)
+
+    def decode(self, q, k_cache, v_cache, seqlens_k, cache_batch_idx, block_table, spec: AttentionSpec,
+               num_splits: int):
+        return decode(q, k_cache, v_cache, seqlens_k, cache_batch_idx, block_table, spec, num_splits)
 
 
 CPU = CPUBackend()
