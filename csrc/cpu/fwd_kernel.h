@@ -263,12 +263,12 @@ void forward(const FwdParams& p) {
 #pragma omp parallel num_threads(threads)
   {
     fwd::Workspace w(scratch.get() + thread_id() * per_thread, p.head_dim);
-    // Last query tiles first: under a causal mask they see the most keys, so the dynamic
-    // schedule ends on short items.
+    // All query tiles of one head in a row, so its K and V stay in L2 between items; last
+    // tiles first (under a causal mask they see the most keys).
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item) {
-      const int64_t tile = q_tiles - 1 - item / (p.batch * p.n_heads);
-      const int64_t bh = item % (p.batch * p.n_heads);
+      const int64_t tile = q_tiles - 1 - item % q_tiles;
+      const int64_t bh = item / q_tiles;
       fwd::forward_tile(p, kv, w, bh / p.n_heads, bh % p.n_heads, tile * BLOCK_M);
     }
   }
