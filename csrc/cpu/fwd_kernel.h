@@ -228,6 +228,7 @@ static void forward_tile(const FwdParams& p, const KV& kv, Workspace& w, int64_t
 static void convert_rows(float* dst, uintptr_t src, DType dtype, int64_t batch, int64_t seqlen, int64_t heads,
                          int64_t head_dim, int64_t batch_stride, int64_t row_stride, int64_t head_stride,
                          int threads) {
+  (void)threads;  // unused when built without OpenMP
   const int64_t n_rows = batch * seqlen * heads;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t r = 0; r < n_rows; ++r) {

@@ -9,8 +9,7 @@ namespace attn_cpu {
 
 enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
-// A window bound that no sequence reaches stands for "unbounded" (Python passes -1, the
-// launcher keeps -1; kernels test `>= 0`).
+// Window bounds use -1 for "unbounded" (as AttentionSpec does); kernels test `>= 0`.
 struct FwdParams {
   // Data. q/k/v/out share `dtype`; lse is fp32; bias is fp32 (additive, broadcast by strides);
   // alibi_slopes is fp32 (B, H) contiguous. Optional pointers are 0 when absent.
