@@ -1,0 +1,69 @@
+"""Timing one case: warm-up, then the median of repeated calls over rotated input sets.
+
+Rotating through several input sets that together exceed the last-level cache keeps a call from
+finding its inputs still cached by the previous one (which would flatter small sizes). On CUDA
+each call is bracketed by events (device time, no host sync inside the loop); on CPU by
+``time.perf_counter`` (CPU ops are synchronous).
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+# Bytes of distinct inputs to rotate through: about 4x the last-level cache (H100/H200 L2 is
+# 50 MB; server CPUs have 32-256 MB of L3 but a share of it per core).
+ROTATE_BYTES = {"cuda": 256 << 20, "cpu": 128 << 20}
+MAX_INPUT_SETS = 8
+MIN_REPS = 3  # a median needs at least three samples
+
+
+def input_sets_needed(device: str, set_bytes: int) -> int:
+    """How many input sets to rotate through so consecutive calls do not share cached inputs."""
+    return max(1, min(MAX_INPUT_SETS, math.ceil(ROTATE_BYTES[device] / max(set_bytes, 1))))
+
+
+def median_ms(run: Callable[[dict], object], input_sets: list[dict], device: str, warmup: int, reps: int,
+              max_seconds: float, before: Callable[[dict], None] = lambda inputs: None) -> tuple[float, int]:
+    """Median milliseconds of ``run(inputs)`` and the number of timed calls.
+
+    ``before(inputs)`` runs untimed before each call (e.g. clearing gradients). Repetition stops
+    after ``reps`` calls, or earlier once ``max_seconds`` were spent and ``MIN_REPS`` are done."""
+    n = len(input_sets)
+    for i in range(warmup):
+        before(input_sets[i % n])
+        run(input_sets[i % n])
+    times: list[float] = []
+    spent = 0.0
+    if device == "cuda":
+        torch.cuda.synchronize()
+        events = []
+        for i in range(reps):
+            inputs = input_sets[(warmup + i) % n]
+            before(inputs)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            run(inputs)
+            end.record()
+            events.append((start, end))
+            if len(events) >= MIN_REPS and i % MIN_REPS == MIN_REPS - 1:
+                end.synchronize()
+                spent = sum(s.elapsed_time(e) for s, e in events) / 1e3
+                if spent > max_seconds:
+                    break
+        torch.cuda.synchronize()
+        times = [s.elapsed_time(e) for s, e in events]
+    else:
+        for i in range(reps):
+            inputs = input_sets[(warmup + i) % n]
+            before(inputs)
+            t0 = time.perf_counter()
+            run(inputs)
+            times.append((time.perf_counter() - t0) * 1e3)
+            spent += times[-1] / 1e3
+            if len(times) >= MIN_REPS and spent > max_seconds:
+                break
+    return statistics.median(times), len(times)
