@@ -18,10 +18,20 @@ def _series(rows, x_field, y_field):
     return {p: tuple(zip(*sorted(pts))) for p, pts in out.items()}
 
 
+def _tick(x: int) -> str:
+    return f"{x // 1024}k" if x >= 1024 and x % 1024 == 0 else str(x)
+
+
 def _panel(ax, rows, x_field, y_field, title, xlabel, ylabel, log_y=False):
+    from matplotlib.ticker import NullLocator
+
+    ticks = set()
     for provider, (xs, ys) in _series(rows, x_field, y_field).items():
         ax.plot(xs, ys, marker="o", label=provider)
+        ticks.update(xs)
     ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(ticks), [_tick(x) for x in sorted(ticks)])
+    ax.xaxis.set_minor_locator(NullLocator())  # only the measured lengths are labelled
     if log_y:
         ax.set_yscale("log")
     ax.set_title(title, fontsize=9)

@@ -9,7 +9,8 @@ O(N²) score matrix of naive attention and the O(N) footprint of fused kernels s
 Profiles:
 
 * ``cpu`` — runs in under 3 minutes on a 2-core machine, subprocess memory cases included; fp32
-  (what CPU attention runs in), hidden 256 instead of 2048 so a sweep point takes tens of ms.
+  (what CPU attention runs in), hidden 128 instead of 2048 so a sweep point takes tens of ms
+  (the fp32 oracle backend "attn:reference" takes seconds per call at 2k), decode cache 1k and 8k.
 * ``gpu`` — the full sweep: seqlen 512..16k, hidden 2048, head dims 64 and 128, causal and not,
   decode cache 1k..64k, bf16.
 * ``gpu-check`` — a subset of ``gpu`` that runs in under 5 minutes on one GPU.
@@ -81,8 +82,8 @@ class Profile:
 
 CPU = Profile(
     name="cpu", device="cpu", dtype="float32", ops=OPS,
-    seqlens=(512, 1024, 2048), tokens=2048, hidden=256, head_dims=(64, 128), causal=(False, True),
-    decode_batches=(1, 8, 64), cache_lens=(1024, 4096, 8192), decode_heads=(32, 8), decode_head_dim=128,
+    seqlens=(512, 1024, 2048), tokens=2048, hidden=128, head_dims=(64, 128), causal=(False, True),
+    decode_batches=(1, 8, 64), cache_lens=(1024, 8192), decode_heads=(32, 8), decode_head_dim=128,
     # 64 × 8192 fp32 K+V is 4.3 GB: more than a shared small machine should be asked for.
     kv_cache_cap_bytes=GiB,
     memory_seqlens=(1024, 2048, 4096, 8192), memory_heads=1, memory_head_dim=64,

@@ -181,6 +181,10 @@ def header(meta: dict) -> list[str]:
         pk = meta["peaks"]
         lines.append(f"measured peaks: {pk['matmul_bf16_tflops']:.0f} TFLOP/s bf16 matmul, "
                      f"{pk['copy_gbps']:.0f} GB/s copy ({pk['how']})")
+    load, cores = meta["machine"].get("load_average"), meta["machine"].get("cores")
+    if load and cores and load[0] > 0.5 * cores:
+        lines.append(f"note: load average {load[0]:.1f} on {cores} cores at start — other work shared the CPUs, "
+                     "so timings are noisy (memory figures are not affected)")
     lines.append("formulas: " + "; ".join(f"{k} = {f}" for k, f in meta["formulas"].items()))
     return lines
 

@@ -1,0 +1,188 @@
+"""The benchmark runner: its formulas, result schema, memory measurement and a whole smoke run."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from attn import reference
+from bench import cli, memory, results, runner
+from bench import providers as P
+from bench.formulas import attention_flops, decode_bytes
+from bench.profiles import CPU, SMOKE, Case, element_size, memory_cases, speed_cases
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---- formulas ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("batch,heads,seqlen_q,seqlen_k,head_dim", [(2, 3, 64, 64, 32), (1, 4, 48, 80, 16)])
+def test_forward_flops_match_torch_flop_counter_on_naive_attention(batch, heads, seqlen_q, seqlen_k, head_dim):
+    # the naive provider does exactly the two matmuls the formula counts: Q K^T and P V
+    case = Case("forward", batch, heads, heads, head_dim, seqlen_q, seqlen_k, False)
+    naive = P.Naive()
+    inputs = P.make_inputs(naive, case, torch.float32, "cpu", torch.Generator().manual_seed(0))
+    with FlopCounterMode(display=False) as counter:
+        P.call(naive, case, inputs)
+    assert counter.get_total_flops() == attention_flops("forward", batch, heads, seqlen_q, seqlen_k, head_dim, False)
+
+
+def test_causal_halves_flops_and_half_the_pairs_are_visible():
+    seqlen = 256
+    full = attention_flops("forward", 2, 4, seqlen, seqlen, 64, False)
+    assert attention_flops("forward", 2, 4, seqlen, seqlen, 64, True) == full / 2
+    visible = reference.visibility(1, seqlen, seqlen, causal=True).sum().item() / seqlen**2
+    assert abs(visible - 0.5) <= 1 / seqlen  # the halving convention is exact to O(1/S)
+
+
+def test_backward_counts_two_and_a_half_forwards():
+    fwd = attention_flops("forward", 1, 2, 128, 128, 64, True)
+    assert attention_flops("forward_backward", 1, 2, 128, 128, 64, True) == fwd * 3.5
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_decode_bytes_are_the_cache_query_and_output_tensors(dtype):
+    case = Case("decode", 3, 8, 2, 32, 1, 100, True)
+    inputs = P.make_inputs(P.SDPA(), case, getattr(torch, dtype), "cpu", torch.Generator().manual_seed(0))
+    out = P.call(P.SDPA(), case, inputs)
+    moved = sum(t.numel() * t.element_size() for t in (inputs["k_cache"], inputs["v_cache"], inputs["q"], out))
+    assert decode_bytes(3, 100, 8, 2, 32, element_size(dtype)) == moved
+
+
+def test_bad_op_is_a_clear_error():
+    with pytest.raises(ValueError, match="attention_flops: argument 'op'"):
+        attention_flops("backward", 1, 1, 1, 1, 1, False)
+
+
+# ---- schema and failure rows ------------------------------------------------------------------
+
+class _Exploding(P.Provider):
+    name = "exploding"
+
+    def __init__(self, exc):
+        self.exc = exc
+
+    def forward(self, q, k, v, causal, scale):
+        raise self.exc
+
+
+@pytest.mark.parametrize("exc,status", [
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB"), "oom"),
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB"), "oom"),
+    (NotImplementedError("option 'backward' is not supported"), "unsupported"),
+    (P.Unavailable("not implemented yet"), "unavailable"),
+    (ValueError("broken"), "error"),
+])
+def test_failures_become_rows_with_reasons(exc, status):
+    case = Case("forward", 1, 1, 1, 16, 16, 16, False)
+    row = runner.measure_speed(_Exploding(exc), case, SMOKE, None)
+    results.check_row(row)
+    assert row["status"] == status and str(exc) in row["reason"] and row["ms"] is None
+
+
+def test_check_row_rejects_ok_rows_without_numbers_and_failures_without_reasons():
+    case = Case("forward", 1, 1, 1, 16, 16, 16, False)
+    with pytest.raises(ValueError, match="lacks"):
+        results.check_row(results.make_row("speed", case, "sdpa", "cpu", "float32", "ok"))
+    with pytest.raises(ValueError, match="no reason"):
+        results.check_row(results.make_row("memory", case, "sdpa", "cpu", "float32", "oom"))
+
+
+def test_emulated_backends_are_never_timed_on_cpu():
+    why = P.AttnBackend("triton").status("cpu")
+    assert why is not None and "correctness" in why
+
+
+def test_cpu_decode_sweep_respects_the_kv_cache_cap():
+    cases = [c for c in speed_cases(CPU) if c.op == "decode"]
+    assert cases and all(2 * c.batch * c.seqlen_k * c.kv_heads * c.head_dim * 4 <= 1 << 30 for c in cases)
+    assert {c.batch for c in cases} == {1, 8, 64} and max(c.seqlen_k for c in cases) == 8192
+
+
+# ---- memory measurement -----------------------------------------------------------------------
+
+def test_cpu_peak_memory_sees_the_naive_score_matrix_and_not_a_fused_one():
+    seqlen = 1024
+    case = Case("forward", 1, 1, 1, 32, seqlen, seqlen, False)
+    scores = seqlen * seqlen * 4  # one fp32 (Sq, Sk) matrix
+    naive = memory.cpu_peak_bytes("naive", case, "float32")
+    sdpa = memory.cpu_peak_bytes("sdpa", case, "float32")
+    assert naive[0] == "ok" and sdpa[0] == "ok", (naive, sdpa)
+    assert naive[2] >= scores  # scores (and softmax output) are materialized
+    assert sdpa[2] < scores / 2  # tiled: a block of scores at a time
+
+
+# ---- a whole run ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    assert cli.main(["--profile", "smoke", "--out", str(out), "--quiet"]) == 0
+    with open(out / "results.json") as f:
+        return out, json.load(f)
+
+
+def test_smoke_run_writes_every_output(smoke_run):
+    out, data = smoke_run
+    for name in ("results.csv", "summary.md", "speed_forward.png", "speed_forward_backward.png", "speed_decode.png",
+                 "memory.png"):
+        assert (out / name).stat().st_size > 0, name
+    with open(out / "results.csv") as f:
+        assert len(f.read().strip().splitlines()) == len(data["rows"]) + 1
+    meta = data["meta"]
+    assert meta["versions"]["torch"] == torch.__version__ and meta["commit"] and meta["machine"]["summary"]
+    assert set(meta["formulas"]) >= {"forward FLOPs", "decode bytes"}
+
+
+def test_smoke_run_gives_every_provider_numbers_or_a_reason(smoke_run):
+    _, data = smoke_run
+    rows = data["rows"]
+    for row in rows:
+        results.check_row(row)
+    assert not [r for r in rows if r["status"] in ("error", "mismatch")]
+    expected = {("speed", c) for c in speed_cases(SMOKE)} | {("memory", c) for c in memory_cases(SMOKE)}
+    for provider in data["meta"]["providers"]:
+        got = {(r["section"], Case(*(r[f] for f in Case.__dataclass_fields__))) for r in rows
+               if r["provider"] == provider and r["section"] != "correctness"}
+        assert got == expected, provider
+    ran = {r["provider"] for r in rows if r["status"] == "ok" and r["section"] == "speed"}
+    assert {"naive", "sdpa", "attn:torch"} <= ran
+    assert "attn:triton" not in ran
+
+
+def test_smoke_run_executes_emulated_backends_for_correctness(smoke_run):
+    _, data = smoke_run
+    checked = [r for r in data["rows"] if r["section"] == "correctness" and r["provider"] == "attn:triton"]
+    forward = [r for r in checked if r["op"] == "forward"]
+    assert forward and all(r["status"] == "ok" and r["max_err"] <= r["bound"] for r in forward)
+
+
+# ---- gpu_check.sh -----------------------------------------------------------------------------
+
+def test_gpu_check_dry_run_lists_build_tests_and_benchmark(tmp_path):
+    proc = subprocess.run(["bash", os.path.join(REPO, "bench", "gpu_check.sh"), "--dry-run", str(tmp_path / "gc")],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "build_ext --inplace" in proc.stdout
+    assert "-m pytest tests -m 'gpu and not slow'" in proc.stdout
+    assert "-m bench --profile gpu-check" in proc.stdout
+    assert not (tmp_path / "gc").exists()  # a dry run writes nothing
+
+
+@pytest.mark.gpu
+def test_gpu_run_reports_peaks_percentages_and_memory(tmp_path):
+    args = ["--profile", "gpu-check", "--seqlens", "512,1024", "--tokens", "1024", "--decode-batches", "1",
+            "--cache-lens", "1024", "--memory-seqlens", "1024", "--reps", "5", "--sections", "speed,memory",
+            "--out", str(tmp_path), "--quiet", "--no-plots"]
+    assert cli.main(args) == 0
+    with open(tmp_path / "results.json") as f:
+        data = json.load(f)
+    assert data["meta"]["peaks"]["matmul_bf16_tflops"] > 0 and data["meta"]["peaks"]["copy_gbps"] > 0
+    sdpa = [r for r in data["rows"] if r["provider"] == "sdpa"]
+    assert sdpa and all(r["status"] == "ok" and r["peak_mem_bytes"] is not None for r in sdpa)
+    assert all(r["pct_peak"] > 0 for r in sdpa if r["section"] == "speed")
+    for row in data["rows"]:
+        results.check_row(row)
