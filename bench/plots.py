@@ -34,6 +34,8 @@ def _panel(ax, rows, x_field, y_field, title, xlabel, ylabel, log_y=False):
     ax.xaxis.set_minor_locator(NullLocator())  # only the measured lengths are labelled
     if log_y:
         ax.set_yscale("log")
+    else:
+        ax.set_ylim(bottom=0)
     ax.set_title(title, fontsize=9)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -54,6 +56,15 @@ def write(out_dir: str, meta: dict, rows: list[dict]) -> tuple[dict[str, str], O
     subtitle = f"{prof['dtype']}, {meta['machine']['summary']}"
     written = {}
 
+    def grid(n, width=4.6, height=3.6):
+        """n panels, at most two per row (readable at README width)."""
+        cols = min(n, 2)
+        rows_ = (n + cols - 1) // cols
+        fig, axes = plt.subplots(rows_, cols, figsize=(width * cols, height * rows_ + 0.6), squeeze=False)
+        for ax in axes.flat[n:]:
+            ax.set_visible(False)
+        return fig, axes.flat
+
     def save(fig, name, title):
         fig.suptitle(f"{title}\n{subtitle}", fontsize=9)
         fig.tight_layout()
@@ -66,8 +77,8 @@ def write(out_dir: str, meta: dict, rows: list[dict]) -> tuple[dict[str, str], O
         groups = list(OrderedDict.fromkeys((r["head_dim"], r["causal"]) for r in op_rows))
         if not groups:
             continue
-        fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.8), squeeze=False)
-        for ax, (head_dim, causal) in zip(axes[0], groups):
+        fig, axes = grid(len(groups))
+        for ax, (head_dim, causal) in zip(axes, groups):
             g = [r for r in op_rows if (r["head_dim"], r["causal"]) == (head_dim, causal)]
             _panel(ax, g, "seqlen_q", "tflops", f"head dim {head_dim}, {'causal' if causal else 'not causal'}",
                    "sequence length (batch = tokens / seqlen)", "TFLOP/s")
@@ -76,8 +87,8 @@ def write(out_dir: str, meta: dict, rows: list[dict]) -> tuple[dict[str, str], O
     dec = [r for r in rows if r["section"] == "speed" and r["op"] == "decode"]
     batches = list(OrderedDict.fromkeys(r["batch"] for r in dec))
     if batches:
-        fig, axes = plt.subplots(1, len(batches), figsize=(4.2 * len(batches), 3.8), squeeze=False)
-        for ax, batch in zip(axes[0], batches):
+        fig, axes = grid(len(batches))
+        for ax, batch in zip(axes, batches):
             _panel(ax, [r for r in dec if r["batch"] == batch], "seqlen_k", "gbps", f"batch {batch}",
                    "cache length", "GB/s")
         save(fig, "speed_decode", "decode bandwidth")
@@ -85,8 +96,8 @@ def write(out_dir: str, meta: dict, rows: list[dict]) -> tuple[dict[str, str], O
     mem_ops = [op for op in ("forward", "forward_backward")
                if any(r["section"] == "memory" and r["op"] == op for r in rows)]
     if mem_ops:
-        fig, axes = plt.subplots(1, len(mem_ops), figsize=(4.8 * len(mem_ops), 3.8), squeeze=False)
-        for ax, op in zip(axes[0], mem_ops):
+        fig, axes = grid(len(mem_ops))
+        for ax, op in zip(axes, mem_ops):
             m = [dict(r, mib=r["peak_mem_bytes"] / (1 << 20) if r["peak_mem_bytes"] else None)
                  for r in rows if r["section"] == "memory" and r["op"] == op]
             r0 = m[0]
