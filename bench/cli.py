@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
 from typing import Optional
 
 import torch
@@ -56,10 +55,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-seqlens", type=_ints, help="memory sweep sequence lengths (batch 1)")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"))
     p.add_argument("--reps", type=int, help="timed calls per case (at most)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: the profile's, else torch's)")
     p.add_argument("--sections", type=_names(SECTIONS), default=SECTIONS,
                    help=f"subset of {','.join(SECTIONS)} (default: all)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--link-prefix", default="",
+                   help="prefix for image links in summary.md (e.g. docs/bench/ when pasted into the README)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.add_argument("--list", action="store_true", help="list providers and whether they run here, then exit")
     return p
@@ -74,7 +76,7 @@ def _profile(args):
     overrides = {
         "ops": args.ops, "seqlens": args.seqlens, "tokens": args.tokens, "hidden": args.hidden,
         "head_dims": args.head_dims, "decode_batches": args.decode_batches, "cache_lens": args.cache_lens,
-        "memory_seqlens": args.memory_seqlens, "dtype": args.dtype, "reps": args.reps,
+        "memory_seqlens": args.memory_seqlens, "dtype": args.dtype, "reps": args.reps, "threads": args.threads,
         "causal": {"both": (False, True), "yes": (True,), "no": (False,), None: None}[args.causal],
     }
     return dataclasses.replace(prof, **{k: v for k, v in overrides.items() if v is not None})
@@ -100,7 +102,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     paths = results.write(args.out, meta, rows)
     summary = os.path.join(args.out, "summary.md")
     with open(summary, "w") as f:
-        f.write(report.render(meta, rows, markdown=True, plots=written))
+        links = {name: args.link_prefix + path for name, path in written.items()}
+        f.write(report.render(meta, rows, markdown=True, plots=links))
     print(report.render(meta, rows, markdown=False))
     print(f"wrote {paths['csv']}, {paths['json']}, {summary}"
           + "".join(f", {os.path.join(args.out, p)}" for p in written.values()))

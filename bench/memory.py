@@ -3,11 +3,12 @@
 * CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus
   ``memory_allocated`` with the inputs in place (after warm-up, so library workspaces are
   already counted in the baseline).
-* CPU: there is no allocator counter, so each case runs in a fresh process forked from a
-  server that has only imported torch (``multiprocessing`` "forkserver": a fresh address space
-  in ~50 ms instead of a 1.5 s interpreter start). The child pins glibc's mmap threshold so
-  freed large blocks go back to the OS, builds the inputs, resets the kernel's peak-RSS mark
-  (``/proc/self/clear_refs``), runs the op once and reads ``VmHWM - VmRSS(before)``.
+* CPU: there is no allocator counter, so each case runs in a fresh process. A small fork
+  server (``python -m bench.memory``) imports torch once and never runs an op; for each case it
+  forks a child (a fresh address space in milliseconds instead of a 1.5 s interpreter start).
+  The child pins glibc's mmap threshold so freed large blocks go back to the OS, builds the
+  inputs, resets the kernel's peak-RSS mark (``/proc/self/clear_refs``), runs the op once and
+  reports ``VmHWM - VmRSS(before the op)``.
 
 An allocation failure is reported as ``oom``; a child killed by the OOM killer likewise.
 """
@@ -15,8 +16,12 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import multiprocessing
+import json
 import os
+import select
+import signal
+import subprocess
+import sys
 from typing import Optional
 
 import torch
@@ -26,7 +31,7 @@ from bench.profiles import Case
 
 _M_MMAP_THRESHOLD = -3  # mallopt parameter (malloc.h)
 _MMAP_THRESHOLD_BYTES = 128 << 10  # glibc's default, frozen (no dynamic raise up to 32 MiB)
-_CHILD_TIMEOUT_S = 300
+_CASE_TIMEOUT_S = 300
 
 
 def cuda_peak_bytes(run, inputs: dict, before) -> int:
@@ -50,17 +55,19 @@ def _status_kb(field: str) -> int:
 
 def cpu_peak_supported() -> Optional[str]:
     """None when peak RSS can be measured per case here, else why not."""
-    if not os.path.exists("/proc/self/clear_refs"):
-        return "needs Linux /proc/self/clear_refs to reset the peak-RSS mark"
+    if not os.path.exists("/proc/self/clear_refs") or not hasattr(os, "fork"):
+        return "needs Linux (/proc/self/clear_refs to reset the peak-RSS mark, and fork)"
     return None
 
 
-def _child(conn, provider_name: str, case: Case, dtype_name: str, threads: int) -> None:
+def _measure_in_this_process(request: dict) -> dict:
+    """Runs in the forked child: one call of one case, peak RSS above the inputs."""
+    case = Case(**request["case"])
     try:
         ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
-        torch.set_num_threads(threads)
-        provider = P.get(provider_name)
-        dtype = getattr(torch, dtype_name)
+        torch.set_num_threads(request["threads"])
+        provider = P.get(request["provider"])
+        dtype = getattr(torch, request["dtype"])
         generator = torch.Generator().manual_seed(0)
         # Warm up at a tiny size of the same op: lazy library initialization is not the op's cost.
         tiny = Case(case.op, 1, case.heads, case.kv_heads, case.head_dim, 16, 16, case.causal)
@@ -71,53 +78,95 @@ def _child(conn, provider_name: str, case: Case, dtype_name: str, threads: int) 
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # resets VmHWM to the current RSS
         P.call(provider, case, inputs)
-        peak_kb = _status_kb("VmHWM")
-        conn.send(("ok", "", (peak_kb - base_kb) * 1024))
+        return {"status": "ok", "reason": "", "bytes": (_status_kb("VmHWM") - base_kb) * 1024}
     except P.Unavailable as exc:
-        conn.send(("unavailable", str(exc), None))
+        return {"status": "unavailable", "reason": str(exc), "bytes": None}
     except NotImplementedError as exc:
-        conn.send(("unsupported", str(exc), None))
+        return {"status": "unsupported", "reason": str(exc), "bytes": None}
     except Exception as exc:  # reported in the results, never hidden
-        status = "oom" if P.is_oom(exc) else "error"
-        conn.send((status, f"{type(exc).__name__}: {exc}", None))
-    finally:
-        conn.close()
+        return {"status": "oom" if P.is_oom(exc) else "error", "reason": f"{type(exc).__name__}: {exc}", "bytes": None}
 
 
-_context = None
+def _serve() -> None:
+    """Fork server loop: one JSON request per stdin line, one JSON result per stdout line."""
+    P.discover()  # imports attn and its registry once, before any fork
+    gc.freeze()  # children's gc.collect skips (and so does not copy-on-write) the server's objects
+    for line in sys.stdin:
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: never returns into the loop
+            os.close(read_fd)
+            os.dup2(2, 1)  # stray prints must not corrupt the protocol on stdout
+            result = _measure_in_this_process(json.loads(line))
+            os.write(write_fd, json.dumps(result).encode())
+            os._exit(0)
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as pipe:
+            data = pipe.read()
+        _, status = os.waitpid(pid, 0)
+        if data:
+            result = json.loads(data)
+        elif os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+            result = {"status": "oom", "reason": "killed by SIGKILL (the kernel's OOM killer)", "bytes": None}
+        else:
+            result = {"status": "error", "reason": f"measuring process ended with status {status}", "bytes": None}
+        print(json.dumps(result), flush=True)
 
 
-def _forkserver():
-    global _context
-    if _context is None:
-        _context = multiprocessing.get_context("forkserver")
-        _context.set_forkserver_preload(["torch", "bench.memory"])
-    return _context
+class _ForkServer:
+    def __init__(self):
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        # its own session, so a timed-out case is ended with its server and nothing else
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.memory"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
+
+    def measure(self, request: dict) -> Optional[dict]:
+        """The child's result, or None when it did not answer within the timeout."""
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], _CASE_TIMEOUT_S)
+        line = self.proc.stdout.readline() if ready else ""
+        return json.loads(line) if line else None
+
+    def stop(self, kill: bool = False) -> None:
+        if kill:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        else:
+            self.proc.stdin.close()
+        self.proc.wait()
+        self.proc.stdout.close()
+
+
+_server: Optional[_ForkServer] = None
 
 
 def cpu_peak_bytes(provider_name: str, case: Case, dtype_name: str) -> tuple[str, str, Optional[int]]:
     """``(status, reason, bytes)`` of one case measured in a fresh process."""
+    global _server
     why = cpu_peak_supported()
     if why:
         return "unavailable", why, None
-    ctx = _forkserver()
-    receive, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(send, provider_name, case, dtype_name, torch.get_num_threads()))
-    proc.start()
-    send.close()
-    result = None
-    if receive.poll(_CHILD_TIMEOUT_S):
-        try:
-            result = receive.recv()
-        except EOFError:  # the child died before sending
-            result = None
-    proc.join(_CHILD_TIMEOUT_S)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
-        return "error", f"timed out after {_CHILD_TIMEOUT_S} s", None
+    if _server is None:
+        _server = _ForkServer()
+    request = {"provider": provider_name, "case": case.__dict__, "dtype": dtype_name,
+               "threads": torch.get_num_threads()}
+    result = _server.measure(request)
     if result is None:
-        if proc.exitcode == -9:
-            return "oom", "killed by SIGKILL (the kernel's OOM killer)", None
-        return "error", f"measuring process exited with code {proc.exitcode}", None
-    return result
+        _server.stop(kill=True)
+        _server = None
+        return "error", f"no result within {_CASE_TIMEOUT_S} s (measuring process ended)", None
+    return result["status"], result["reason"], result["bytes"]
+
+
+def stop_server() -> None:
+    """Ends the fork server (called when a run is done; a later measurement starts a new one)."""
+    global _server
+    if _server is not None:
+        _server.stop()
+        _server = None
+
+
+if __name__ == "__main__":
+    _serve()

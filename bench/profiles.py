@@ -78,6 +78,7 @@ class Profile:
     max_case_s: float  # ...and no more once this much time went into the case (at least 3 calls)
     # the "executed on CPU for correctness" section
     correctness: bool
+    threads: Optional[int] = None  # torch CPU threads during the run; None: torch's default
 
 
 CPU = Profile(
@@ -89,6 +90,10 @@ CPU = Profile(
     memory_seqlens=(1024, 2048, 4096, 8192), memory_heads=1, memory_head_dim=64,
         # fast cases repeat up to 25 times (a shared 2-core machine is noisy), slow ones 3 times
     warmup=1, reps=25, max_case_s=0.25, correctness=True,
+    # One thread: on a 2-core machine shared with other work (load 10 measured here), OpenMP
+    # threads spin-waiting for each other made 2-thread timings several times noisier and the
+    # run about 2x longer. Every provider gets the same single core; --threads changes it.
+    threads=1,
 )
 
 GPU = Profile(
@@ -111,7 +116,7 @@ SMOKE = Profile(
     seqlens=(64, 128), tokens=128, hidden=64, head_dims=(32,), causal=(False, True),
     decode_batches=(1, 2), cache_lens=(64,), decode_heads=(4, 2), decode_head_dim=32, kv_cache_cap_bytes=GiB,
     memory_seqlens=(128, 256), memory_heads=1, memory_head_dim=32,
-    warmup=1, reps=5, max_case_s=0.05, correctness=True,
+    warmup=1, reps=5, max_case_s=0.05, correctness=True, threads=1,  # one thread: see CPU
 )
 
 PROFILES = {p.name: p for p in (CPU, GPU, GPU_CHECK, SMOKE)}

@@ -175,7 +175,8 @@ def header(meta: dict) -> list[str]:
         f"attn benchmark — profile {prof['name']}, {prof['dtype']} on {prof['device']}",
         f"machine: {meta['machine']['summary']} (load average at start {_load(meta)})",
         f"torch {v['torch']}, triton {v['triton']}, flash_attn {v['flash_attn']}, attn {v['attn']}, "
-        f"commit {meta['commit']}; run took {meta.get('duration_s', '?')} s",
+        f"commit {meta['commit']}; run took {meta.get('duration_s', '?')} s ("
+        + ", ".join(f"{k} {v} s" for k, v in meta.get("section_seconds", {}).items()) + ")",
     ]
     if meta.get("peaks"):
         pk = meta["peaks"]

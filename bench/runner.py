@@ -11,6 +11,7 @@ import torch
 from bench import correctness, memory
 from bench import providers as P
 from bench.formulas import attention_flops, decode_bytes, per_second
+from bench.peaks import measure_cuda_peaks
 from bench.profiles import Case, Profile, element_size, memory_cases, speed_cases
 from bench.results import environment, make_row
 from bench.timing import input_sets_needed, median_ms
@@ -140,8 +141,16 @@ def select_providers(names: Optional[list[str]]) -> list[P.Provider]:
 
 def run(prof: Profile, opts: Options) -> tuple[dict, list[dict]]:
     """Runs the profile; returns ``(meta, rows)``."""
-    from bench.peaks import measure_cuda_peaks
+    threads = torch.get_num_threads()
+    if prof.threads:
+        torch.set_num_threads(prof.threads)
+    try:
+        return _run(prof, opts)
+    finally:
+        torch.set_num_threads(threads)
 
+
+def _run(prof: Profile, opts: Options) -> tuple[dict, list[dict]]:
     started = time.perf_counter()
     providers = select_providers(opts.providers)
     meta = environment(prof.device)
@@ -156,17 +165,20 @@ def run(prof: Profile, opts: Options) -> tuple[dict, list[dict]]:
     do_correctness = prof.correctness and "correctness" in opts.sections
     progress = Progress((len(speed) + len(mem)) * len(providers) + do_correctness, opts.progress)
     rows = []
-    for case in speed:
-        for provider in providers:
-            rows.append(measure_speed(provider, case, prof, peaks))
-            progress.step(f"speed {case.label} {provider.name}: {rows[-1]['status']}")
-    for case in mem:
-        for provider in providers:
-            rows.append(measure_memory(provider, case, prof))
-            progress.step(f"memory {case.label} {provider.name}: {rows[-1]['status']}")
+    seconds = meta["section_seconds"] = {}
+    for section, cases, measure in (("speed", speed, measure_speed), ("memory", mem, measure_memory)):
+        section_start = time.perf_counter()
+        for case in cases:
+            for provider in providers:
+                rows.append(measure(provider, case, prof, peaks) if section == "speed" else measure(provider, case, prof))
+                progress.step(f"{section} {case.label} {provider.name}: {rows[-1]['status']}")
+        seconds[section] = round(time.perf_counter() - section_start, 1)
+    memory.stop_server()
     if do_correctness:
+        section_start = time.perf_counter()
         found, meta["correctness_dtype"] = correctness.run(prof.dtype)
         rows.extend(found)
         progress.step("executed emulated backends on CPU for correctness")
+        seconds["correctness"] = round(time.perf_counter() - section_start, 1)
     meta["duration_s"] = round(time.perf_counter() - started, 1)
     return meta, rows
