@@ -9,8 +9,9 @@ O(N²) score matrix of naive attention and the O(N) footprint of fused kernels s
 Profiles:
 
 * ``cpu`` — runs in under 3 minutes on a 2-core machine, subprocess memory cases included; fp32
-  (what CPU attention runs in), hidden 128 instead of 2048 so a sweep point takes tens of ms
-  (the fp32 oracle backend "attn:reference" takes seconds per call at 2k), decode cache 1k and 8k.
+  (what CPU attention runs in), one torch thread, hidden 128 instead of 2048 so a sweep point
+  takes tens of ms (the fp32 oracle "attn:reference" takes seconds per call at 2k), decode
+  cache 1k and 8k, K+V caches above 1 GiB left out.
 * ``gpu`` — the full sweep: seqlen 512..16k, hidden 2048, head dims 64 and 128, causal and not,
   decode cache 1k..64k, bf16.
 * ``gpu-check`` — a subset of ``gpu`` that runs in under 5 minutes on one GPU.

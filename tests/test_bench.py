@@ -2,13 +2,14 @@
 import json
 import os
 import subprocess
+import time
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from attn import reference
-from bench import cli, memory, results, runner
+from bench import cli, memory, results, runner, timing
 from bench import providers as P
 from bench.formulas import attention_flops, decode_bytes
 from bench.profiles import CPU, SMOKE, Case, element_size, memory_cases, speed_cases
@@ -99,6 +100,18 @@ def test_cpu_decode_sweep_respects_the_kv_cache_cap():
     cases = [c for c in speed_cases(CPU) if c.op == "decode"]
     assert cases and all(2 * c.batch * c.seqlen_k * c.kv_heads * c.head_dim * 4 <= 1 << 30 for c in cases)
     assert {c.batch for c in cases} == {1, 8, 64} and max(c.seqlen_k for c in cases) == 8192
+
+
+def test_timing_repeats_fast_calls_and_caps_slow_ones():
+    calls = []
+    run = lambda inputs: calls.append(inputs["i"])  # noqa: E731
+    sets = [{"i": i} for i in range(3)]
+    _, reps = timing.median_ms(run, sets, "cpu", warmup=1, reps=7, max_seconds=10.0)
+    assert reps == 7 and calls == [0, 1, 2, 0, 1, 2, 0, 1]  # inputs rotate through every set
+
+    slow = lambda inputs: time.sleep(0.02)  # noqa: E731
+    ms, reps = timing.median_ms(slow, sets, "cpu", warmup=1, reps=25, max_seconds=0.01)
+    assert reps == timing.MIN_REPS and ms >= 20.0
 
 
 # ---- memory measurement -----------------------------------------------------------------------
