@@ -87,15 +87,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     from bench import plots, report, results, runner
 
     prof = _profile(args)
-    if args.list:
-        for provider in runner.select_providers(args.providers):
-            print(f"{provider.name}: {provider.status(prof.device) or 'runs here'}")
-        return 0
     try:
+        if args.list:
+            for provider in runner.select_providers(args.providers):
+                print(f"{provider.name}: {provider.status(prof.device) or 'runs here'}")
+            return 0
         meta, rows = runner.run(prof, runner.Options(providers=args.providers, sections=args.sections,
                                                      progress=not args.quiet))
-    except ValueError as exc:
-        raise SystemExit(f"python -m bench: {exc}") from None
+    except ValueError as exc:  # an unknown provider name
+        raise SystemExit(f"python -m bench: argument --providers: {exc}") from None
     os.makedirs(args.out, exist_ok=True)
     written, why_no_plots = ({}, "plots skipped (--no-plots)") if args.no_plots else plots.write(args.out, meta, rows)
     meta["plots"] = written or why_no_plots

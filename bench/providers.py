@@ -172,7 +172,8 @@ def get(name: str) -> Provider:
     for provider in discover():
         if provider.name == name:
             return provider
-    raise ValueError(f"bench: unknown provider {name!r}; known: {[p.name for p in discover()]}")
+    raise ValueError(f"bench.providers.get: argument 'name' expected one of {[p.name for p in discover()]}, "
+                     f"got {name!r}")
 
 
 # ---- inputs and calls -------------------------------------------------------------------------

@@ -151,8 +151,12 @@ def ratios(rows: list[dict]) -> list[str]:
         if naive:
             parts = [f"naive/{p} = {naive / b:.1f}x" for p, b in at.items() if p != "naive" and b > 0]
             out.append(f"- memory, {op}, S={top}: " + ", ".join(parts))
-    for op in ("forward", "forward_backward", "decode"):
-        s = [r for r in rows if r["section"] == "speed" and r["op"] == op and r["status"] == "ok"]
+    ok = [r for r in rows if r["section"] == "speed" and r["status"] == "ok"]
+    groups = list(OrderedDict.fromkeys((r["op"], r["causal"]) for r in ok))
+    if groups:
+        out.append("- speed vs sdpa (geometric mean over sizes of sdpa time / provider time; >1 is faster):")
+    for op, causal in groups:
+        s = [r for r in ok if (r["op"], r["causal"]) == (op, causal)]
         sdpa = {_case_key(r): r["ms"] for r in s if r["provider"] == "sdpa"}
         parts = []
         for p in _providers(s):
@@ -160,8 +164,8 @@ def ratios(rows: list[dict]) -> list[str]:
             if p != "sdpa" and pairs:
                 parts.append(f"{p} {_geomean(pairs):.2f}x")
         if parts:
-            out.append(f"- speed vs sdpa, {op} (geometric mean of sdpa time / provider time; >1 is faster): "
-                       + ", ".join(parts))
+            mask = "" if op == "decode" else (", causal" if causal else ", not causal")
+            out.append(f"  - {op}{mask}: " + ", ".join(parts))
     return out
 
 

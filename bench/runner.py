@@ -135,7 +135,7 @@ def select_providers(names: Optional[list[str]]) -> list[P.Provider]:
     by_name = {p.name: p for p in known}
     unknown = [n for n in names if n not in by_name]
     if unknown:
-        raise ValueError(f"bench: unknown providers {unknown}; known: {sorted(by_name)}")
+        raise ValueError(f"select_providers: unknown providers {unknown}; known: {sorted(by_name)}")
     return [by_name[n] for n in names]
 
 
@@ -166,11 +166,13 @@ def _run(prof: Profile, opts: Options) -> tuple[dict, list[dict]]:
     progress = Progress((len(speed) + len(mem)) * len(providers) + do_correctness, opts.progress)
     rows = []
     seconds = meta["section_seconds"] = {}
-    for section, cases, measure in (("speed", speed, measure_speed), ("memory", mem, measure_memory)):
+    sweeps = (("speed", speed, lambda provider, case: measure_speed(provider, case, prof, peaks)),
+              ("memory", mem, lambda provider, case: measure_memory(provider, case, prof)))
+    for section, cases, measure in sweeps:
         section_start = time.perf_counter()
         for case in cases:
             for provider in providers:
-                rows.append(measure(provider, case, prof, peaks) if section == "speed" else measure(provider, case, prof))
+                rows.append(measure(provider, case))
                 progress.step(f"{section} {case.label} {provider.name}: {rows[-1]['status']}")
         seconds[section] = round(time.perf_counter() - section_start, 1)
     memory.stop_server()
