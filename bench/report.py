@@ -20,6 +20,10 @@ def fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
+def _title(text: str, markdown: bool) -> str:
+    return f"**{text}**" if markdown else text
+
+
 def table(headers: list[str], body: list[list[str]], markdown: bool) -> list[str]:
     if markdown:
         lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---:" for _ in headers) + "|"]
@@ -38,15 +42,18 @@ def _shown(rows: list[dict]) -> list[str]:
     return [p for p in _providers(rows) if any(r["provider"] == p and r["status"] not in _NOT_RUN for r in rows)]
 
 
-def _notes(rows: list[dict], shown: list[str]) -> list[str]:
-    """Why a provider has no column, and what went wrong in cells that say error/OOM."""
+def _notes(rows: list[dict], shown: list[str], skip: set[str]) -> list[str]:
+    """Why a provider has no column, and what went wrong in cells that say error/OOM.
+
+    ``skip``: reasons already given once in the header (providers that cannot run on this device)."""
     notes = OrderedDict()
     for r in rows:
-        if r["provider"] not in shown and r["status"] in _NOT_RUN:
+        if r["provider"] not in shown and r["status"] in _NOT_RUN and r["reason"] not in skip:
             notes.setdefault((r["provider"], r["status"], r["reason"]), None)
         elif r["status"] in ("error", "oom"):
             notes.setdefault((r["provider"], r["status"], r["reason"]), None)
-    return [f"- {p}: {status}: {reason}" for p, status, reason in notes]
+    lines = [f"- {p}: {status}: {reason}" for p, status, reason in notes]
+    return [""] + lines if lines else []
 
 
 def _cell(r: Optional[dict], value: str) -> str:
@@ -74,7 +81,7 @@ def _grid(rows: list[dict], key, row_label, cell, markdown: bool) -> list[str]:
     return table([""] + shown, body, markdown) if shown else []
 
 
-def speed_tables(rows: list[dict], markdown: bool, peaks: bool) -> list[str]:
+def speed_tables(rows: list[dict], markdown: bool, peaks: bool, skip: set[str]) -> list[str]:
     out = []
     unit = "median ms (TFLOP/s" + (", % of measured matmul peak)" if peaks else ")")
     for op in ("forward", "forward_backward"):
@@ -82,35 +89,36 @@ def speed_tables(rows: list[dict], markdown: bool, peaks: bool) -> list[str]:
         groups = list(OrderedDict.fromkeys((r["head_dim"], r["causal"], r["heads"]) for r in op_rows))
         for head_dim, causal, heads in groups:
             g = [r for r in op_rows if (r["head_dim"], r["causal"], r["heads"]) == (head_dim, causal, heads)]
-            out += ["", f"{op}, head dim {head_dim}, {heads} heads, {'causal' if causal else 'not causal'} "
-                        f"— {unit}", ""]
+            out += ["", _title(f"{op}, head dim {head_dim}, {heads} heads, "
+                               f"{'causal' if causal else 'not causal'} — {unit}", markdown), ""]
             out += _grid(g, lambda r: (r["batch"], r["seqlen_q"]), lambda k: f"B={k[0]} S={k[1]}",
                          _speed_cell, markdown)
         if op_rows:
-            out += [""] + _notes(op_rows, _shown(op_rows))
+            out += _notes(op_rows, _shown(op_rows), skip)
     dec = [r for r in rows if r["section"] == "speed" and r["op"] == "decode"]
     if dec:
         r0 = dec[0]
         unit = "median ms (GB/s" + (", % of measured copy bandwidth)" if peaks else ")")
-        out += ["", f"decode, {r0['heads']} query / {r0['kv_heads']} KV heads, head dim {r0['head_dim']} — {unit}",
-                ""]
+        out += ["", _title(f"decode, {r0['heads']} query / {r0['kv_heads']} KV heads, head dim {r0['head_dim']} "
+                           f"— {unit}", markdown), ""]
         out += _grid(dec, lambda r: (r["batch"], r["seqlen_k"]), lambda k: f"B={k[0]} L={k[1]}",
                      _speed_cell, markdown)
-        out += [""] + _notes(dec, _shown(dec))
+        out += _notes(dec, _shown(dec), skip)
     return out
 
 
-def memory_tables(rows: list[dict], markdown: bool) -> list[str]:
+def memory_tables(rows: list[dict], markdown: bool, skip: set[str]) -> list[str]:
     out = []
     for op in ("forward", "forward_backward"):
         m = [r for r in rows if r["section"] == "memory" and r["op"] == op]
         if not m:
             continue
         r0 = m[0]
-        out += ["", f"peak memory above inputs, {op}, B={r0['batch']} H={r0['heads']} D={r0['head_dim']} — MiB", ""]
+        out += ["", _title(f"peak memory above inputs, {op}, B={r0['batch']} H={r0['heads']} D={r0['head_dim']} "
+                           "— MiB", markdown), ""]
         out += _grid(m, lambda r: r["seqlen_q"], lambda k: f"S={k}",
                      lambda r: _cell(r, fmt(r["peak_mem_bytes"] / MiB) if r else ""), markdown)
-        out += [""] + _notes(m, _shown(m))
+        out += _notes(m, _shown(m), skip)
     return out
 
 
@@ -118,7 +126,8 @@ def correctness_table(rows: list[dict], markdown: bool, dtype: Optional[str]) ->
     c = [r for r in rows if r["section"] == "correctness"]
     if not c:
         return []
-    out = ["", f"Executed on CPU for correctness (emulated backends, {dtype}; times are emulation, not speed)", ""]
+    out = ["", _title(f"Executed on CPU for correctness (emulated backends, {dtype}; times are emulation, "
+                      "not speed)", markdown), ""]
     body = []
     for r in c:
         shape = (f"B={r['batch']} L={r['seqlen_k']} H={r['heads']}/{r['kv_heads']}" if r["op"] == "decode"
@@ -177,7 +186,8 @@ def header(meta: dict) -> list[str]:
     prof, v = meta["profile"], meta["versions"]
     lines = [
         f"attn benchmark — profile {prof['name']}, {prof['dtype']} on {prof['device']}",
-        f"machine: {meta['machine']['summary']} (load average at start {_load(meta)})",
+        f"machine: {meta['machine']['summary']}, {meta['machine']['torch_threads']} torch thread(s) "
+        f"(load average at start {_load(meta)})",
         f"torch {v['torch']}, triton {v['triton']}, flash_attn {v['flash_attn']}, attn {v['attn']}, "
         f"commit {meta['commit']}; run took {meta.get('duration_s', '?')} s ("
         + ", ".join(f"{k} {v} s" for k, v in meta.get("section_seconds", {}).items()) + ")",
@@ -190,6 +200,9 @@ def header(meta: dict) -> list[str]:
     if load and cores and load[0] > 0.5 * cores:
         lines.append(f"note: load average {load[0]:.1f} on {cores} cores at start — other work shared the CPUs, "
                      "so timings are noisy (memory figures are not affected)")
+    unavailable = {p: why for p, why in meta.get("providers", {}).items() if why != "available"}
+    if unavailable:
+        lines.append("not run on this device: " + "; ".join(f"{p} ({why})" for p, why in unavailable.items()))
     lines.append("formulas: " + "; ".join(f"{k} = {f}" for k, f in meta["formulas"].items()))
     return lines
 
@@ -201,14 +214,15 @@ def _load(meta: dict) -> str:
 
 def render(meta: dict, rows: list[dict], markdown: bool, plots: Optional[dict] = None) -> str:
     peaks = bool(meta.get("peaks"))
+    skip = {why for why in meta.get("providers", {}).values() if why != "available"}
     lines = header(meta)
     if markdown:
-        lines = [f"{lines[0]}", ""] + [f"- {line}" for line in lines[1:]]
-    lines += speed_tables(rows, markdown, peaks)
-    lines += memory_tables(rows, markdown)
+        lines = [_title(lines[0], markdown), ""] + [f"- {line}" for line in lines[1:]]
+    lines += speed_tables(rows, markdown, peaks, skip)
+    lines += memory_tables(rows, markdown, skip)
     summary = ratios(rows)
     if summary:
-        lines += ["", "Ratios:", ""] + summary
+        lines += ["", _title("Ratios", markdown), ""] + summary
     lines += correctness_table(rows, markdown, meta.get("correctness_dtype"))
     if markdown and plots:
         lines += [""] + [f"![{name}]({path})" for name, path in plots.items()]
