@@ -22,24 +22,31 @@ static inline vf iota(float start) {
   for (int i = 0; i < W; ++i) v[i] = start + float(i);
   return v;
 }
-// Horizontal sum by halving (log2(W) adds of half-width vectors), not lane by lane.
-// __builtin_shufflevector keeps the halves in registers (a memcpy of part of a vector would
-// pin the accumulator arrays of the callers to the stack).
-typedef float vf4 __attribute__((vector_size(16)));
+// Lane permutation with constant indices: Clang's __builtin_shufflevector, GCC's
+// __builtin_shuffle (GCC < 12 has no __builtin_shufflevector).
+#if defined(__clang__)
+#define ATTN_PERMUTE(v, ...) __builtin_shufflevector(v, v, __VA_ARGS__)
+#else
+#define ATTN_PERMUTE(v, ...) __builtin_shuffle(v, vi{__VA_ARGS__})
+#endif
+
+// Horizontal sum by an XOR butterfly (log2(W) permute + add steps; afterwards every lane holds
+// the sum), not lane by lane.
 static inline float hsum(vf v) {
 #if ATTN_CPU_VEC_BYTES == 64
-  typedef float vf8 __attribute__((vector_size(32)));
-  const vf8 v8 = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
-                 __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  v += ATTN_PERMUTE(v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+  v += ATTN_PERMUTE(v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
+  v += ATTN_PERMUTE(v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+  v += ATTN_PERMUTE(v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
 #elif ATTN_CPU_VEC_BYTES == 32
-  const vf v8 = v;
-#endif
-#if ATTN_CPU_VEC_BYTES >= 32
-  const vf4 v4 = __builtin_shufflevector(v8, v8, 0, 1, 2, 3) + __builtin_shufflevector(v8, v8, 4, 5, 6, 7);
+  v += ATTN_PERMUTE(v, 4, 5, 6, 7, 0, 1, 2, 3);
+  v += ATTN_PERMUTE(v, 2, 3, 0, 1, 6, 7, 4, 5);
+  v += ATTN_PERMUTE(v, 1, 0, 3, 2, 5, 4, 7, 6);
 #else
-  const vf4 v4 = v;
+  v += ATTN_PERMUTE(v, 2, 3, 0, 1);
+  v += ATTN_PERMUTE(v, 1, 0, 3, 2);
 #endif
-  return (v4[0] + v4[2]) + (v4[1] + v4[3]);
+  return v[0];
 }
 static inline float hmax(vf v) {
   float m = v[0];
