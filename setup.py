@@ -30,6 +30,7 @@ def cpu_extension():
         Pybind11Extension(
             "attn._cpu",
             sorted(glob.glob("csrc/cpu/*.cpp")),
+            depends=sorted(glob.glob("csrc/cpu/*.h") + glob.glob("csrc/cpu/*.inc")),  # rebuild on header edits
             cxx_std=17,
             extra_compile_args=["-O3", "-ffp-contract=fast", "-fno-strict-aliasing", *openmp],
             extra_link_args=openmp,
