@@ -13,10 +13,32 @@ namespace dec {
 
 // S[r][j] = q_r . k_j for RB rows and keys j in [0, n); q rows and k rows are Dp floats (whole
 // vectors). Two keys per pass share each q load: 2 * RB accumulators, RB + 2 loads per 2 * RB FMAs.
+// Prefetch of the rows the next step will read: row t is `k_rows[t] + k_delta` (and likewise
+// for V), for t < count, `bytes` per row. The next kv head reads the same keys one head stride
+// further; after the last head, the next tile's rows of head 0 are listed explicitly. Issued
+// key by key inside the score loop, so the misses overlap compute instead of arriving as one
+// burst per tile (single thread, B=1, Hkv=8, D=128, 8k keys fp32: ~12.5 -> ~16 GB/s).
+struct NextRows {
+  const float* const* k_rows;
+  const float* const* v_rows;
+  int64_t k_delta, v_delta, bytes;
+  int count;
+};
+
+static inline void prefetch_row(const float* row, int64_t bytes) {
+  const char* c = reinterpret_cast<const char*>(row);
+  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off);
+}
+
 template <int RB>
-static inline void dot_rows(float* s, const float* q, const float* const* k_rows, int n, int64_t dp) {
+static inline void dot_rows(float* s, const float* q, const float* const* k_rows, int n, int64_t dp,
+                            const NextRows& next) {
   int j = 0;
   for (; j + 2 <= n; j += 2) {
+    for (int t = j; t < j + 2 && t < next.count; ++t) {
+      prefetch_row(next.k_rows[t] + next.k_delta, next.bytes);
+      prefetch_row(next.v_rows[t] + next.v_delta, next.bytes);
+    }
     vf acc0[RB], acc1[RB];
 #pragma GCC unroll 8
     for (int r = 0; r < RB; ++r) acc0[r] = acc1[r] = splat(0.f);
@@ -111,8 +133,10 @@ struct Workspace {
   float *q, *o, *s, *m, *l, *alpha, *k_tile, *v_tile;
   const float** k_rows;
   const float** v_rows;
+  const float** next_k_rows;  // the next tile's head-0 rows (prefetch after the last head)
+  const float** next_v_rows;
   // Row pointers first (8-byte aligned at the 64-byte aligned base), then the fp32 buffers.
-  static constexpr int64_t kPointerFloats = 2 * DECODE_BLOCK_N * int64_t(sizeof(void*)) / 4;
+  static constexpr int64_t kPointerFloats = 4 * DECODE_BLOCK_N * int64_t(sizeof(void*)) / 4;
   // q, o: all_rows x Dp; m, l, alpha: all_rows (all_rows = Hkv * R); s: R x N; K/V tiles: N x Dp.
   static int64_t floats(int64_t all_rows, int64_t rows, int64_t dp) {
     return kPointerFloats + 2 * all_rows * dp + 3 * all_rows + rows * DECODE_BLOCK_N + 2 * DECODE_BLOCK_N * dp;
@@ -120,6 +144,8 @@ struct Workspace {
   Workspace(float* base, int64_t all_rows, int64_t rows, int64_t dp) {
     k_rows = reinterpret_cast<const float**>(base);
     v_rows = k_rows + DECODE_BLOCK_N;
+    next_k_rows = v_rows + DECODE_BLOCK_N;
+    next_v_rows = next_k_rows + DECODE_BLOCK_N;
     q = base + kPointerFloats;
     o = q + all_rows * dp;
     m = o + all_rows * dp;
@@ -179,9 +205,10 @@ static Split split_range(const DecodeParams& p, int64_t b, int split, int splits
 }
 
 // One kv head's step over the key tile [j0, j0 + n): scores, options, softmax, P V.
-// q, o, m, l, alpha: this head's R rows in the workspace.
+// q, o, m, l, alpha: this head's R rows in the workspace; `next`: rows to prefetch meanwhile.
 static void head_tile(const DecodeParams& p, Workspace& w, int64_t b, int64_t kv_head, int64_t j0, int n,
-                      float* q, float* o, float* m, float* l, float* alpha, int64_t dp, bool direct) {
+                      float* q, float* o, float* m, float* l, float* alpha, int64_t dp, bool direct,
+                      const NextRows& next) {
   const int64_t group = p.n_heads / p.n_kv_heads;
   const int rows = int(p.seqlen_q * group);
   const int64_t offset = reinterpret_cast<const int32_t*>(p.cache_seqlens)[b] - p.seqlen_q;
@@ -190,10 +217,11 @@ static void head_tile(const DecodeParams& p, Workspace& w, int64_t b, int64_t kv
               kv_head, dp, direct);
   gather_rows(p, w.v_rows, w.v_tile, p.v_cache, b, j0, n, p.v_batch_stride, p.v_row_stride, p.v_head_stride,
               kv_head, dp, direct);
+  const NextRows none{nullptr, nullptr, 0, 0, 0, 0};
   int r = 0;
   for (; r + DECODE_ROWS <= rows; r += DECODE_ROWS)
-    dot_rows<DECODE_ROWS>(w.s + r * DECODE_BLOCK_N, q + r * dp, w.k_rows, n, dp);
-  for (; r < rows; ++r) dot_rows<1>(w.s + r * DECODE_BLOCK_N, q + r * dp, w.k_rows, n, dp);
+    dot_rows<DECODE_ROWS>(w.s + r * DECODE_BLOCK_N, q + r * dp, w.k_rows, n, dp, r == 0 ? next : none);
+  for (; r < rows; ++r) dot_rows<1>(w.s + r * DECODE_BLOCK_N, q + r * dp, w.k_rows, n, dp, r == 0 ? next : none);
   const bool windowed = p.window_left >= 0 || p.window_right >= 0;
   for (r = 0; r < rows; ++r) {
     float* s = w.s + r * DECODE_BLOCK_N;
@@ -238,9 +266,26 @@ static void decode_split(const DecodeParams& p, Workspace& w, int64_t b, const S
   }
   for (int64_t j0 = range.key_lo; j0 < range.key_hi; j0 += DECODE_BLOCK_N) {
     const int n = int(std::min<int64_t>(DECODE_BLOCK_N, range.key_hi - j0));
+    // Prefetch targets (in place fp32 rows only): the next head's rows, one head stride past
+    // this head's (batched or paged alike); after the last head, the next tile's head 0.
+    const int n_next = int(std::max<int64_t>(0, std::min<int64_t>(DECODE_BLOCK_N, range.key_hi - j0 - DECODE_BLOCK_N)));
+    if (direct)
+      for (int j = 0; j < n_next; ++j) {
+        const int64_t key = j0 + DECODE_BLOCK_N + j;
+        w.next_k_rows[j] = reinterpret_cast<const float*>(p.k_cache) +
+                           cache_row(p, b, key, p.k_batch_stride, p.k_row_stride, p.k_head_stride, 0);
+        w.next_v_rows[j] = reinterpret_cast<const float*>(p.v_cache) +
+                           cache_row(p, b, key, p.v_batch_stride, p.v_row_stride, p.v_head_stride, 0);
+      }
+    const int64_t row_bytes = p.head_dim * 4;
     for (int64_t kv_head = 0; kv_head < p.n_kv_heads; ++kv_head) {
       const int64_t x = kv_head * rows;
-      head_tile(p, w, b, kv_head, j0, n, w.q + x * dp, w.o + x * dp, w.m + x, w.l + x, w.alpha + x, dp, direct);
+      const bool last = kv_head + 1 == p.n_kv_heads;
+      NextRows next = last ? NextRows{w.next_k_rows, w.next_v_rows, 0, 0, row_bytes, n_next}
+                           : NextRows{w.k_rows, w.v_rows, p.k_head_stride, p.v_head_stride, row_bytes, n};
+      if (!direct) next.count = 0;
+      head_tile(p, w, b, kv_head, j0, n, w.q + x * dp, w.o + x * dp, w.m + x, w.l + x, w.alpha + x, dp, direct,
+                next);
     }
   }
   for (int64_t x = 0; x < all_rows; ++x) {
