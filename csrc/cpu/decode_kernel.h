@@ -322,6 +322,9 @@ void decode(const DecodeParams& p) {
   Floats part_out(items * all_rows * p.head_dim), part_lse(items * all_rows);
   const int64_t per_thread = round_up(dec::Workspace::floats(all_rows, rows, dp), 16);
   Floats scratch(per_thread * threads);
+  const int64_t esize = dtype_size(p.dtype);
+  // One parallel region for both passes (one wake-up of the team per call; the implicit barrier
+  // of the first loop orders them).
 #pragma omp parallel num_threads(threads)
   {
     dec::Workspace w(scratch.get() + thread_id() * per_thread, all_rows, rows, dp);
@@ -331,29 +334,28 @@ void decode(const DecodeParams& p) {
       dec::decode_split(p, w, b, dec::split_range(p, b, int(item % splits), splits),
                         part_out.get() + item * all_rows * p.head_dim, part_lse.get() + item * all_rows, dp, direct);
     }
-  }
-  const int64_t esize = dtype_size(p.dtype);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t y = 0; y < p.batch * all_rows; ++y) {
-    const int64_t b = y / all_rows, x = y % all_rows;  // x = kv_head * R + r
-    const int64_t r = x % rows, h = (x / rows) * group + r % group, i = r / group;
-    float* lse_s = part_lse.get() + b * splits * all_rows + x;  // split s at lse_s[s * all_rows]
-    const float* out_s = part_out.get() + (b * splits * all_rows + x) * p.head_dim;
-    float top = kNegInf;
-    for (int s = 0; s < splits; ++s) top = std::max(top, lse_s[s * all_rows]);
-    const float top_use = top == kNegInf ? 0.f : top;
-    float total = 0.f;
-    for (int s = 0; s < splits; ++s) total += std::exp2(lse_s[s * all_rows] - top_use);
-    // Each split's weight 2^(lse_s - lse), computed once per row, in place of its lse.
-    for (int s = 0; s < splits; ++s)
-      lse_s[s * all_rows] = total > 0.f ? std::exp2(lse_s[s * all_rows] - top_use) / total : 0.f;
-    void* out = reinterpret_cast<char*>(p.out) + (b * p.out_batch_stride + i * p.out_row_stride + h * p.out_head_stride) * esize;
-    for (int64_t d = 0; d < p.head_dim; ++d) {
-      float acc = 0.f;
-      for (int s = 0; s < splits; ++s) acc += lse_s[s * all_rows] * out_s[s * all_rows * p.head_dim + d];
-      store_elem(out, d, p.dtype, acc);
+#pragma omp for schedule(static)
+    for (int64_t y = 0; y < p.batch * all_rows; ++y) {
+      const int64_t b = y / all_rows, x = y % all_rows;  // x = kv_head * R + r
+      const int64_t r = x % rows, h = (x / rows) * group + r % group, i = r / group;
+      float* lse_s = part_lse.get() + b * splits * all_rows + x;  // split s at lse_s[s * all_rows]
+      const float* out_s = part_out.get() + (b * splits * all_rows + x) * p.head_dim;
+      float top = kNegInf;
+      for (int s = 0; s < splits; ++s) top = std::max(top, lse_s[s * all_rows]);
+      const float top_use = top == kNegInf ? 0.f : top;
+      float total = 0.f;
+      for (int s = 0; s < splits; ++s) total += std::exp2(lse_s[s * all_rows] - top_use);
+      // Each split's weight 2^(lse_s - lse), computed once per row, in place of its lse.
+      for (int s = 0; s < splits; ++s)
+        lse_s[s * all_rows] = total > 0.f ? std::exp2(lse_s[s * all_rows] - top_use) / total : 0.f;
+      void* out = reinterpret_cast<char*>(p.out) + (b * p.out_batch_stride + i * p.out_row_stride + h * p.out_head_stride) * esize;
+      for (int64_t d = 0; d < p.head_dim; ++d) {
+        float acc = 0.f;
+        for (int s = 0; s < splits; ++s) acc += lse_s[s * all_rows] * out_s[s * all_rows * p.head_dim + d];
+        store_elem(out, d, p.dtype, acc);
+      }
+      float* lse = reinterpret_cast<float*>(p.lse) + b * p.lse_batch_stride + h * p.lse_head_stride;
+      lse[i] = total > 0.f ? (top + std::log2(total)) * kLn2 : kNegInf;
     }
-    float* lse = reinterpret_cast<float*>(p.lse) + b * p.lse_batch_stride + h * p.lse_head_stride;
-    lse[i] = total > 0.f ? (top + std::log2(total)) * kLn2 : kNegInf;
   }
 }
