@@ -11,8 +11,6 @@
 
 namespace dec {
 
-// S[r][j] = q_r . k_j for RB rows and keys j in [0, n); q rows and k rows are Dp floats (whole
-// vectors). Two keys per pass share each q load: 2 * RB accumulators, RB + 2 loads per 2 * RB FMAs.
 // Prefetch of the rows the next step will read: row t is `k_rows[t] + k_delta` (and likewise
 // for V), for t < count, `bytes` per row. The next kv head reads the same keys one head stride
 // further; after the last head, the next tile's rows of head 0 are listed explicitly. Issued
@@ -30,6 +28,8 @@ static inline void prefetch_row(const float* row, int64_t bytes) {
   for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off);
 }
 
+// S[r][j] = q_r . k_j for RB rows and keys j in [0, n); q rows and k rows are Dp floats (whole
+// vectors). Two keys per pass share each q load: 2 * RB accumulators, RB + 2 loads per 2 * RB FMAs.
 template <int RB>
 static inline void dot_rows(float* s, const float* q, const float* const* k_rows, int n, int64_t dp,
                             const NextRows& next) {

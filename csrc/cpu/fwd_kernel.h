@@ -149,15 +149,16 @@ static void online_softmax_update(float* st, int n, float* m, float* l, float* a
 }
 
 struct Workspace {
-  float *qt, *ot, *st, *m, *l, *alpha;
-  static int64_t floats(int64_t head_dim) { return 2 * head_dim * BLOCK_M + BLOCK_N * BLOCK_M + 3 * BLOCK_M; }
+  float *qt, *ot, *st, *m, *l, *alpha, *q_row;
+  static int64_t floats(int64_t head_dim) { return 2 * head_dim * BLOCK_M + BLOCK_N * BLOCK_M + 3 * BLOCK_M + head_dim; }
   Workspace(float* base, int64_t head_dim)
       : qt(base),
         ot(qt + head_dim * BLOCK_M),
         st(ot + head_dim * BLOCK_M),
         m(st + BLOCK_N * BLOCK_M),
         l(m + BLOCK_M),
-        alpha(l + BLOCK_M) {}
+        alpha(l + BLOCK_M),
+        q_row(alpha + BLOCK_M) {}
 };
 
 // K and V as fp32 rows: the inputs themselves, or contiguous (B, Sk, Hkv, D) fp32 copies.
@@ -178,7 +179,7 @@ static void forward_tile(const FwdParams& p, const KV& kv, Workspace& w, int64_t
   // Q^T (D x BLOCK_M), scaled into log2 units (or by 1/softcap before the tanh); padding rows 0.
   const bool softcap = p.softcap > 0.f;
   const float q_scale = softcap ? p.softmax_scale / p.softcap : p.softmax_scale * kLog2e;
-  float* row = w.st;  // S^T is free until the first key tile: borrow it for one query row
+  float* row = w.q_row;
   for (int i = 0; i < BLOCK_M; ++i) {
     if (i < rows) {
       const char* q = reinterpret_cast<const char*>(p.q) +
@@ -192,8 +193,8 @@ static void forward_tile(const FwdParams& p, const KV& kv, Workspace& w, int64_t
 
   // Keys any row of this tile can see: [key_lo, key_hi).
   const int64_t last = i0 + rows - 1;
-  int64_t key_lo = left >= 0 ? std::max<int64_t>(0, i0 + offset - left) : 0;
-  int64_t key_hi = right >= 0 ? std::min<int64_t>(p.seqlen_k, last + offset + right + 1) : p.seqlen_k;
+  const int64_t key_lo = left >= 0 ? std::max<int64_t>(0, i0 + offset - left) : 0;
+  const int64_t key_hi = right >= 0 ? std::min<int64_t>(p.seqlen_k, last + offset + right + 1) : p.seqlen_k;
   const float* k = kv.k + b * kv.k_batch_stride + kv_head * kv.k_head_stride;
   const float* v = kv.v + b * kv.v_batch_stride + kv_head * kv.v_head_stride;
   const float* bias = p.bias ? reinterpret_cast<const float*>(p.bias) + b * p.bias_batch_stride +
