@@ -19,12 +19,15 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
+# One file per head dim, so that they compile in parallel.
+_FWD_INSTANTIATIONS = sorted(str(p) for p in Path("csrc/attention").glob("fwd_hdim*.cu"))
 HOST_FLAGS = ["-O2", "-std=c++17", "-fPIC", "-fvisibility=hidden", "-fno-strict-aliasing", "-Wall"]
 
 
@@ -92,8 +95,7 @@ def cuda_sim_extension() -> Extension | None:
     _say(f"attn._cuda_sim: {cxx}, CUDA headers from {headers}")
     sources = [
         "csrc/simt/emulator.cpp", "csrc/simt/fiber.cpp", "csrc/simt/selftest.cpp",
-        "csrc/attention/sim_bindings.cpp", "csrc/attention/fwd_launch.cu",
-        "csrc/attention/fwd_hdim64.cu", "csrc/attention/fwd_hdim128.cu",
+        "csrc/attention/sim_bindings.cpp", "csrc/attention/fwd_launch.cu", *_FWD_INSTANTIATIONS,
     ]
 
     def compile_cmd(source: str) -> list[str]:
@@ -117,9 +119,9 @@ def cuda_extension() -> Extension | None:
     archs = [a.strip() for a in os.environ.get("ATTN_CUDA_ARCHS", "80;90").split(";") if a.strip()]
     _say(f"attn._cuda: {nvcc} for sm_{', sm_'.join(archs)}")
     gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+    gencode.append(f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}")  # PTX for newer GPUs
     sources = [
-        "csrc/attention/bindings.cpp", "csrc/attention/fwd_launch.cu",
-        "csrc/attention/fwd_hdim64.cu", "csrc/attention/fwd_hdim128.cu",
+        "csrc/attention/bindings.cpp", "csrc/attention/fwd_launch.cu", *_FWD_INSTANTIATIONS,
     ]
 
     def compile_cmd(source: str) -> list[str]:
@@ -137,6 +139,7 @@ class BuildExt(build_ext):
     """Compiles each extension's sources in parallel (MAX_JOBS) and links them."""
 
     def build_extension(self, ext):
+        start = time.perf_counter()
         build_dir = Path(self.build_temp) / ext.name
         build_dir.mkdir(parents=True, exist_ok=True)
         objects = [str(build_dir / (Path(src).name + ".o")) for src in ext.sources]
@@ -151,6 +154,7 @@ class BuildExt(build_ext):
         output = Path(self.get_ext_fullpath(ext.name))
         output.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run([_cxx(), "-shared", *objects, "-o", str(output), *ext.link_flags], check=True)
+        _say(f"built {ext.name} in {time.perf_counter() - start:.0f} s ({jobs} jobs)")
 
 
 setup(

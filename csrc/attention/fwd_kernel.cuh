@@ -27,7 +27,12 @@ struct FwdTile {
   static constexpr int kWarps = 4;
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kBlockM = 16 * kWarps;  // query rows per block: 16 per warp
-  static constexpr int kBlockN = 64;           // keys per tile: 8 n-tiles of S per warp
+  // Keys per tile. At D = 256 the O accumulators alone take 128 registers per thread; 32-key
+  // tiles halve S's share so that nothing spills.
+  static constexpr int kBlockN = D <= 128 ? 64 : 32;
+  // Q's A fragments take D / 4 registers per thread; above D = 128 they are re-read from
+  // shared memory every key tile instead, to leave room for the O accumulators.
+  static constexpr bool kQInRegisters = D <= 128;
   // Row pitch in elements. A 16-byte pad shifts consecutive rows by 4 banks, so the 8 rows an
   // ldmatrix phase reads (16 bytes each) cover all 32 banks once: no bank conflicts.
   static constexpr int kPitch = D + 8;
@@ -105,53 +110,65 @@ __global__ void __launch_bounds__(FwdTile<D>::kThreads) fwd_kernel(const FwdPara
   if (n_tiles > 0) {
     T* smem = simt::dynamic_smem<T>();
     T* q_smem = smem;                                     // (kBlockM, kPitch)
-    T* k_smem[2] = {q_smem + Tile::kQElems, q_smem + Tile::kQElems + Tile::kKVElems};  // (kBlockN, kPitch)
-    T* v_smem[2] = {k_smem[1] + Tile::kKVElems, k_smem[1] + 2 * Tile::kKVElems};
+    T* k_smem = q_smem + Tile::kQElems;                   // (2, kBlockN, kPitch): double buffer
+    T* v_smem = k_smem + 2 * Tile::kKVElems;              // (2, kBlockN, kPitch)
 
     // cp.async groups, in commit order: {Q, K[0]}, {V[0]}, then {K[n+1]}, {V[n+1]} per tile.
     load_tile_async<D, kBlockM>(q_smem, q + m0 * p.q_row_stride, p.q_row_stride, p.seqlen_q - m0);
-    load_tile_async<D, kBlockN>(k_smem[0], k, p.k_row_stride, p.seqlen_k);
+    load_tile_async<D, kBlockN>(k_smem, k, p.k_row_stride, p.seqlen_k);
     simt::cp_async_commit();
-    load_tile_async<D, kBlockN>(v_smem[0], v, p.v_row_stride, p.seqlen_k);
+    load_tile_async<D, kBlockN>(v_smem, v, p.v_row_stride, p.seqlen_k);
     simt::cp_async_commit();
 
-    uint32_t q_frag[kKSteps][4];  // A fragments of the warp's 16 x D slice of Q
+    // A fragments of the warp's 16 x D slice of Q: all k-steps, loaded once (kQInRegisters), or
+    // the two k-steps in use, reloaded from shared memory every tile.
+    constexpr bool kQInRegisters = Tile::kQInRegisters;
+    uint32_t q_frag[kQInRegisters ? kKSteps : 2][4];
+    // Lanes 0-7 / 8-15 / 16-23 / 24-31 address rows 0-7 / 8-15 / 0-7 / 8-15 of the warp's
+    // slice, at columns +0 / +0 / +8 / +8: the four 8x8 blocks of an A fragment.
+    const T* q_row = q_smem + (16 * warp + lane % 8 + 8 * (lane / 8 % 2)) * kPitch + 8 * (lane / 16);
     const float scale_log2 = p.softmax_scale * kLog2e;
 
     for (int n = 0; n < n_tiles; ++n) {
-      const int buf = n % 2, n0 = n * kBlockN;
+      const int n0 = n * kBlockN;
+      T* k_tile = k_smem + n % 2 * Tile::kKVElems;
+      T* v_tile = v_smem + n % 2 * Tile::kKVElems;
+      T* k_next = k_smem + (n + 1) % 2 * Tile::kKVElems;
+      T* v_next = v_smem + (n + 1) % 2 * Tile::kKVElems;
       const bool prefetch = n + 1 < n_tiles;
       simt::cp_async_wait<1>();  // K[n] (and Q) landed; V[n] may still be in flight
       __syncthreads();
 
-      if (n == 0) {
-        // Lanes 0-7 / 8-15 / 16-23 / 24-31 address rows 0-7 / 8-15 / 0-7 / 8-15 of the
-        // warp's slice, at columns +0 / +0 / +8 / +8: the four 8x8 blocks of an A fragment.
-        const T* row = q_smem + (16 * warp + lane % 8 + 8 * (lane / 8 % 2)) * kPitch + 8 * (lane / 16);
+      if (kQInRegisters && n == 0) {
         SIMT_UNROLL
-        for (int kk = 0; kk < kKSteps; ++kk) simt::ldmatrix_x4(q_frag[kk], row + 16 * kk);
+        for (int kk = 0; kk < kKSteps; ++kk) simt::ldmatrix_x4(q_frag[kQInRegisters ? kk : 0], q_row + 16 * kk);
       }
 
-      // S = Q K^T: (16 x D) x (D x kBlockN) per warp.
+      // S = Q K^T: (16 x D) x (D x kBlockN) per warp, two k-steps at a time.
       float s[kScoreTiles][4] = {};
       SIMT_UNROLL
-      for (int j = 0; j < kScoreTiles; ++j) {
-        // Lane l addresses key 8j + l % 8 at column 8 * (l / 8): B fragments of two k-steps.
-        const T* row = k_smem[buf] + (8 * j + lane % 8) * kPitch + 8 * (lane / 8);
+      for (int kk = 0; kk < kKSteps; kk += 2) {
+        const int qa = kQInRegisters ? kk : 0;
+        if (!kQInRegisters) {
+          simt::ldmatrix_x4(q_frag[0], q_row + 16 * kk);
+          simt::ldmatrix_x4(q_frag[1], q_row + 16 * (kk + 1));
+        }
         SIMT_UNROLL
-        for (int kk = 0; kk < kKSteps; kk += 2) {
+        for (int j = 0; j < kScoreTiles; ++j) {
+          // Lane l addresses key 8j + l % 8 at column 16kk + 8 * (l / 8): the B fragments of
+          // k-steps kk and kk + 1.
           uint32_t kb[4];
-          simt::ldmatrix_x4(kb, row + 16 * kk);
+          simt::ldmatrix_x4(kb, k_tile + (8 * j + lane % 8) * kPitch + 16 * kk + 8 * (lane / 8));
           const uint32_t b0[2] = {kb[0], kb[1]}, b1[2] = {kb[2], kb[3]};
-          simt::mma_m16n8k16<T>(s[j], q_frag[kk], b0, s[j]);
-          simt::mma_m16n8k16<T>(s[j], q_frag[kk + 1], b1, s[j]);
+          simt::mma_m16n8k16<T>(s[j], q_frag[qa], b0, s[j]);
+          simt::mma_m16n8k16<T>(s[j], q_frag[qa + 1], b1, s[j]);
         }
       }
 
       // Fetch K[n+1] into the other buffer; every warp finished reading it (as K[n-1]) before
       // the barrier above.
       if (prefetch) {
-        load_tile_async<D, kBlockN>(k_smem[buf ^ 1], k + (n0 + kBlockN) * p.k_row_stride, p.k_row_stride,
+        load_tile_async<D, kBlockN>(k_next, k + (n0 + kBlockN) * p.k_row_stride, p.k_row_stride,
                                     p.seqlen_k - n0 - kBlockN);
         simt::cp_async_commit();
       }
@@ -184,7 +201,7 @@ __global__ void __launch_bounds__(FwdTile<D>::kThreads) fwd_kernel(const FwdPara
                                 simt::pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
         // Lanes address keys 16kk + l % 8 (+8 for l / 8 odd) at columns 8j (+8 for l >= 16);
         // .trans turns the row-major V blocks into B fragments for d-tiles j and j + 1.
-        const T* row = v_smem[buf] + (16 * kk + lane % 8 + 8 * (lane / 8 % 2)) * kPitch + 8 * (lane / 16);
+        const T* row = v_tile + (16 * kk + lane % 8 + 8 * (lane / 8 % 2)) * kPitch + 8 * (lane / 16);
         SIMT_UNROLL
         for (int j = 0; j < kOutTiles; j += 2) {
           uint32_t vb[4];
@@ -197,7 +214,7 @@ __global__ void __launch_bounds__(FwdTile<D>::kThreads) fwd_kernel(const FwdPara
 
       // Fetch V[n+1]; every warp finished reading it (as V[n-1]) before this tile's first barrier.
       if (prefetch) {
-        load_tile_async<D, kBlockN>(v_smem[buf ^ 1], v + (n0 + kBlockN) * p.v_row_stride, p.v_row_stride,
+        load_tile_async<D, kBlockN>(v_next, v + (n0 + kBlockN) * p.v_row_stride, p.v_row_stride,
                                     p.seqlen_k - n0 - kBlockN);
         simt::cp_async_commit();
       }

@@ -27,11 +27,13 @@ void launch_for_dtype(const FwdParams& p, void* stream) {
 
 void run_fwd(const FwdParams& p, void* stream) {
   switch (p.head_dim) {
+    case 32: return launch_for_dtype<32>(p, stream);
     case 64: return launch_for_dtype<64>(p, stream);
     case 128: return launch_for_dtype<128>(p, stream);
+    case 256: return launch_for_dtype<256>(p, stream);
     default:
       throw std::invalid_argument("attn forward: no kernel compiled for head dim " + std::to_string(p.head_dim) +
-                                  " (compiled: 64, 128)");
+                                  " (compiled: 32, 64, 128, 256)");
   }
 }
 

@@ -36,7 +36,8 @@ struct FwdParams {
 // the emulator). Throws std::invalid_argument for a head dim without a compiled kernel.
 void run_fwd(const FwdParams& p, void* stream);
 
-// Head dims with a compiled kernel; others are padded by the caller.
-constexpr int kFwdHeadDims[] = {64, 128};
+// Head dims with a compiled kernel (fwd_hdim*.cu); the caller zero-pads others to the next one.
+// 96 is padded to 128: its own instantiation spills registers.
+constexpr int kFwdHeadDims[] = {32, 64, 128, 256};
 
 }  // namespace attn
