@@ -145,8 +145,13 @@ class BuildExt(build_ext):
         objects = [str(build_dir / (Path(src).name + ".o")) for src in ext.sources]
         jobs = int(os.environ.get("MAX_JOBS") or os.cpu_count() or 1)
 
+        headers = [p for p in Path("csrc").rglob("*") if p.suffix in (".h", ".cuh")]
+        newest_header = max((p.stat().st_mtime for p in headers), default=0.0)
+
         def compile_one(pair):
             source, obj = pair
+            if Path(obj).exists() and Path(obj).stat().st_mtime > max(Path(source).stat().st_mtime, newest_header):
+                return  # up to date (in-place rebuilds while developing)
             subprocess.run([*ext.compile_cmd(source), "-o", obj], check=True)
 
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:

@@ -89,7 +89,7 @@ __global__ void exchange_kernel(bool with_barrier, float* out) {
   smem[i] = static_cast<float>(i + 1);
   const float lane_sum = shfl_xor_sync(kFull, 1.f, 1);
   if (with_barrier) __syncthreads();
-  out[i] = smem[(i + 32) % 128] * (lane_sum / 2.f);
+  out[i] = smem[(i + 32) % 128] * lane_sum;  // lane_sum is 1
 }
 
 std::vector<float> exchange(bool with_barrier) {
