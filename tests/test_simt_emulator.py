@@ -5,7 +5,11 @@ layouts of DESIGN.md §5), not against the emulator's code: the test builds each
 registers, the emulator runs one instruction, the test decodes the lanes' results. Every
 detector is shown firing on a kernel with a planted bug.
 """
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -150,6 +154,20 @@ def test_stack_overflow_is_reported():
         ext.selftest.misuse("stack-overflow", stack // 2)  # fits
         with pytest.raises(RuntimeError, match="stack overflow"):
             ext.selftest.misuse("stack-overflow", stack + 1024)
+
+
+def test_stack_overflow_into_the_guard_page_is_reported(tmp_path):
+    """An overflow that jumps past the canary zone hits the guard page: the process dies with
+    SIGSEGV after the emulator's message (so it runs in a subprocess)."""
+    script = (
+        "from attn._cuda_backend import emulator\n"
+        "with emulator(stack_bytes=16 * 1024) as ext:\n"
+        "    ext.selftest.misuse('stack-overflow', 256 * 1024)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert run.returncode == -signal.SIGSEGV, run.stderr
+    assert "fiber stack overflow" in run.stderr
 
 
 def test_blocks_on_several_os_threads_and_stats():

@@ -85,7 +85,7 @@ __global__ void __launch_bounds__(FwdTile<D>::kThreads) fwd_kernel(const FwdPara
   constexpr int kPVSteps = kBlockN / 16;     // k-steps of O += P V
 
   const int m0 = blockIdx.x * kBlockM;
-  const int batch = blockIdx.y / p.n_heads, head = blockIdx.y % p.n_heads;
+  const int head = blockIdx.y, batch = blockIdx.z;
   const int kv_head = head / (p.n_heads / p.n_kv_heads);
   const int warp = simt::warp_id(), lane = simt::lane_id();
   const int g = lane / 4, t = lane % 4;
@@ -241,7 +241,7 @@ __global__ void __launch_bounds__(FwdTile<D>::kThreads) fwd_kernel(const FwdPara
 template <int D, typename T>
 void launch_fwd(const FwdParams& p, void* stream) {
   using Tile = FwdTile<D>;
-  const simt::Dim3 grid((p.seqlen_q + Tile::kBlockM - 1) / Tile::kBlockM, p.batch * p.n_heads);
+  const simt::Dim3 grid((p.seqlen_q + Tile::kBlockM - 1) / Tile::kBlockM, p.n_heads, p.batch);
   const size_t smem_bytes = Tile::kSmemElems * sizeof(T);
   simt::launch(fwd_kernel<D, T>, grid, simt::Dim3(Tile::kThreads), smem_bytes, stream, p);
 }

@@ -102,15 +102,31 @@ void enable_overflow_reports() {
     sigemptyset(&action.sa_mask);
     sigaction(SIGSEGV, &action, &g_previous_segv);
   });
-  // The handler cannot run on the overflowed stack: give this OS thread an alternate one.
-  thread_local bool has_alt_stack = false;
-  if (!has_alt_stack) {
-    constexpr size_t kAltStackBytes = 64 * 1024;
-    stack_t alt;
-    alt.ss_sp = malloc(kAltStackBytes);  // lives as long as the thread may fault
-    alt.ss_size = kAltStackBytes;
-    alt.ss_flags = 0;
-    if (alt.ss_sp != nullptr && sigaltstack(&alt, nullptr) == 0) has_alt_stack = true;
+  // The handler cannot run on the overflowed stack: give this OS thread an alternate one,
+  // unless it has one already (Python's faulthandler installs its own).
+  struct AltStack {
+    void* memory = nullptr;
+    ~AltStack() {
+      if (memory == nullptr) return;
+      stack_t off;
+      memset(&off, 0, sizeof(off));
+      off.ss_flags = SS_DISABLE;
+      sigaltstack(&off, nullptr);
+      free(memory);
+    }
+  };
+  thread_local AltStack alt_stack;
+  stack_t current;
+  if (alt_stack.memory != nullptr || sigaltstack(nullptr, &current) != 0 || !(current.ss_flags & SS_DISABLE)) return;
+  constexpr size_t kAltStackBytes = 64 * 1024;
+  stack_t alt;
+  memset(&alt, 0, sizeof(alt));
+  alt.ss_sp = malloc(kAltStackBytes);
+  alt.ss_size = kAltStackBytes;
+  if (alt.ss_sp != nullptr && sigaltstack(&alt, nullptr) == 0) {
+    alt_stack.memory = alt.ss_sp;
+  } else {
+    free(alt.ss_sp);
   }
 }
 

@@ -164,7 +164,7 @@ __global__ void misuse_kernel(int kind, size_t alloca_bytes, float* out) {
       break;
     case 7: {  // a local array larger than the fiber's stack
       auto* big = static_cast<volatile unsigned char*>(__builtin_alloca(alloca_bytes));
-      for (size_t b = 0; b < alloca_bytes; b += 64) big[b] = 1;
+      for (size_t b = alloca_bytes; b >= 64; b -= 64) big[b - 64] = 1;  // downwards, as a stack grows
       out[i] = big[0];
       break;
     }
