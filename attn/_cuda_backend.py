@@ -134,12 +134,14 @@ def emulator(schedule: str = "warp-first", seed: int = 0, cp_async: str = "issue
     ``schedule``: "warp-first" (each warp runs as far as it can), "round-robin", "reverse" or
     "random" (seeded by ``seed``); ``cp_async``: "issue" (copies land at once) or "wait" (only at
     the wait that retires them; until then the destination reads NaN); ``os_threads``: blocks run
-    on this many OS threads. Yields the extension module (``stats()``, ``selftest``)."""
+    on this many OS threads. The options are process-wide (not per Python thread) and the
+    previous ones come back on exit. Yields the extension module (``stats()``, ``selftest``)."""
     ext = CUDA_SIM._ext()
     if isinstance(ext, str):
         raise RuntimeError(f"emulator: backend 'cuda-sim' is not available: {ext}")
+    previous = ext.options()
     ext.configure(schedule, seed, cp_async, os_threads, stack_bytes)
     try:
         yield ext
     finally:
-        ext.configure()
+        ext.configure(*previous)

@@ -118,6 +118,25 @@ def test_missing_syncthreads_is_exposed_by_some_schedule():
     assert wrong, "no schedule exposed the missing __syncthreads"
 
 
+def test_missing_syncwarp_is_exposed_by_some_schedule():
+    expected = [float(32 - lane) for lane in range(32)]
+    wrong = []
+    for schedule in SCHEDULES:
+        with emulator(schedule=schedule, seed=6) as ext:
+            assert ext.selftest.warp_exchange(True) == expected, schedule
+            if ext.selftest.warp_exchange(False) != expected:
+                wrong.append(schedule)
+    assert wrong, "no schedule exposed the missing __syncwarp"
+
+
+def test_options_nest_and_restore():
+    with emulator(schedule="random", seed=3, cp_async="wait") as ext:
+        with emulator(schedule="reverse"):
+            assert ext.options()[0] == "reverse"
+        assert ext.options()[:3] == ("random", 3, "wait")
+    assert ext.options()[:3] == ("warp-first", 0, "issue")
+
+
 def test_missing_cp_async_wait_reads_poison():
     values = torch.randn(256, generator=torch.Generator().manual_seed(14)).tolist()
     expected = [values[4 * ((i + 33) % 64) + c] for i in range(64) for c in range(4)]

@@ -49,6 +49,13 @@ PYBIND11_MODULE(_cuda_sim, m) {
       "Sets the emulator's options for the following launches.", py::arg("schedule") = "warp-first",
       py::arg("seed") = 0, py::arg("cp_async") = "issue", py::arg("os_threads") = 1,
       py::arg("stack_bytes") = 64 * 1024);
+  m.def("options", [] {
+    static const char* kSchedules[] = {"warp-first", "round-robin", "reverse", "random"};
+    const simt::Options& o = simt::options();
+    return py::make_tuple(kSchedules[static_cast<int>(o.schedule)], o.seed,
+                          o.cp_async == simt::CpAsyncLanding::kAtIssue ? "issue" : "wait", o.os_threads,
+                          o.stack_bytes);
+  }, "The current options, in configure()'s argument order.");
   m.def("stats", [] {
     const simt::Stats s = simt::stats();
     py::dict d;

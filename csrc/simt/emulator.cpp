@@ -51,7 +51,7 @@ namespace {
 
 enum class State : uint8_t { kRunnable, kAtBarrier, kAtCollective, kDone, kFailed };
 
-enum class Op : uint8_t { kShuffle, kMma, kLdmatrix };
+enum class Op : uint8_t { kShuffle, kMma, kLdmatrix, kSyncWarp };
 
 const char* op_name(Op op, int variant) {
   switch (op) {
@@ -63,6 +63,8 @@ const char* op_name(Op op, int variant) {
       return variant == 0 ? "mma.m16n8k16.f16" : "mma.m16n8k16.bf16";
     case Op::kLdmatrix:
       return "ldmatrix";
+    case Op::kSyncWarp:
+      return "__syncwarp";
   }
   return "?";
 }
@@ -289,6 +291,8 @@ void Worker::complete_collective(Warp& warp, int warp_index) {
     }
   }
   switch (first.op) {
+    case Op::kSyncWarp:
+      break;
     case Op::kShuffle: {
       local.shuffles++;
       for (int lane = 0; lane < kWarpSize; ++lane) {
@@ -566,6 +570,12 @@ Dim3 grid_dim() { return worker().grid_dim(); }
 unsigned char* dynamic_smem_base() { return worker().smem(); }
 
 void sync_block(Site site) { worker().sync_block(site); }
+
+void sync_warp(Site site) {
+  Worker& w = worker();
+  w.enter_collective(Op::kSyncWarp, 0, kFullMask, site);
+  w.finish_collective();
+}
 
 uint32_t shuffle(Shuffle kind, unsigned mask, uint32_t value, int arg, Site site) {
   Worker& w = worker();

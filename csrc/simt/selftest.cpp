@@ -98,6 +98,21 @@ std::vector<float> exchange(bool with_barrier) {
   return out;
 }
 
+// One warp; lane l stores l + 1 and reads lane 31 - l's value, with or without __syncwarp.
+__global__ void warp_exchange_kernel(bool with_syncwarp, float* out) {
+  float* smem = dynamic_smem<float>();
+  const int l = threadIdx.x;
+  smem[l] = static_cast<float>(l + 1);
+  if (with_syncwarp) syncwarp();
+  out[l] = smem[31 - l];
+}
+
+std::vector<float> warp_exchange(bool with_syncwarp) {
+  std::vector<float> out(32);
+  launch(warp_exchange_kernel, Dim3(1), Dim3(32), 32 * sizeof(float), nullptr, with_syncwarp, out.data());
+  return out;
+}
+
 // 2 warps; each thread copies 16 bytes (4 floats) global -> shared with cp.async, then every
 // thread reads another thread's copy. Without the wait the copy may not have landed.
 __global__ void cp_async_kernel(const float* in, bool with_wait, float* out) {
@@ -209,6 +224,8 @@ void register_kernels(py::module_& m) {
         "One ldmatrix on a warp from a shared-memory image; per-lane registers out.");
   m.def("exchange", &exchange, py::arg("with_barrier"),
         "Threads swap values through shared memory, with or without the __syncthreads between.");
+  m.def("warp_exchange", &warp_exchange, py::arg("with_syncwarp"),
+        "Lanes of one warp swap values through shared memory, with or without __syncwarp.");
   m.def("cp_async_exchange", &cp_async_exchange, py::arg("values"), py::arg("with_wait"),
         "Threads swap values copied by cp.async, with or without the cp.async wait.");
   m.def("misuse", &misuse, py::arg("kind"), py::arg("alloca_bytes") = 0,

@@ -123,6 +123,8 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending));
 }
 
+__device__ __forceinline__ void syncwarp() { __syncwarp(0xffffffffu); }
+
 template <typename T>
 __device__ __forceinline__ T shfl_xor_sync(unsigned mask, T value, int lane_mask) {
   return __shfl_xor_sync(mask, value, lane_mask);

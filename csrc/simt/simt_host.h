@@ -87,6 +87,8 @@ unsigned char* dynamic_smem_base();
 
 void sync_block(Site site);
 
+void sync_warp(Site site);
+
 enum class Shuffle { kIdx, kXor, kDown, kUp };
 uint32_t shuffle(Shuffle kind, unsigned mask, uint32_t value, int arg, Site site);
 
@@ -127,6 +129,9 @@ SIMT_HOST_LDMATRIX(ldmatrix_x1_trans, 1, true)
 SIMT_HOST_LDMATRIX(ldmatrix_x2_trans, 2, true)
 SIMT_HOST_LDMATRIX(ldmatrix_x4_trans, 4, true)
 #undef SIMT_HOST_LDMATRIX
+
+// A barrier of the warp's 32 lanes (__syncwarp with a full mask).
+inline void syncwarp(emu::Site site = {__builtin_FILE(), __builtin_LINE()}) { emu::sync_warp(site); }
 
 inline void cp_async_16(void* smem_dst, const void* gmem_src, bool valid,
                         emu::Site site = {__builtin_FILE(), __builtin_LINE()}) {
