@@ -153,7 +153,8 @@ def test_missing_cp_async_wait_reads_poison():
     [
         ("early-exit", r"deadlock .*threads 64-127 exited"),
         ("split-warp", r"deadlock .*warp collective.*__syncthreads"),
-        ("divergent-barrier", r"divergent __syncthreads"),
+        ("divergent-barrier", r"divergent __syncthreads .*threads 0-63 wait at __syncthreads \(selftest.cpp:\d+\); "
+                              r"threads 64-127 wait at __syncthreads \(selftest.cpp:\d+\)$"),
         ("partial-mask", r"mask 0xffff;"),
         ("mismatched-lanes", r"disagree at a warp collective"),
         ("misaligned-ldmatrix", r"ldmatrix row address .* not 16-byte aligned"),

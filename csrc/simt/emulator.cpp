@@ -233,6 +233,7 @@ void Worker::check_smem_range(const void* p, const char* what, Site site) {
 void Worker::sync_block(Site site) {
   Thread& self = current();
   self.site = site;
+  self.state = State::kAtBarrier;
   local.block_barriers++;
   if (++barrier_arrived_ < threads_.size()) {
     yield(State::kAtBarrier);
