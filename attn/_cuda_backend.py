@@ -72,8 +72,8 @@ class _KernelBackend:
         """-> ``out (B, Sq, H, D)`` contiguous in q's dtype, ``lse (B, H, Sq)`` fp32."""
         if q.dtype not in _DTYPE_CODES:
             raise NotImplementedError(
-                f"backend '{self.name}': dtype {q.dtype} is not supported (float16 and bfloat16 are); "
-                "use backend 'triton', 'torch' or 'reference'"
+                f"backend '{self.name}': option dtype={q.dtype} is not supported (its kernels take float16 "
+                "and bfloat16); backends that support it: triton, torch, reference"
             )
         ext = self._ext()
         batch, seqlen_q, n_heads, head_dim = q.shape
