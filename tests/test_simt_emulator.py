@@ -134,7 +134,7 @@ def test_options_nest_and_restore():
         with emulator(schedule="reverse"):
             assert ext.options()[0] == "reverse"
         assert ext.options()[:3] == ("random", 3, "wait")
-    assert ext.options()[:3] == ("warp-first", 0, "issue")
+    assert ext.options()[:3] == ("warp-first", 0, "issue") and ext.options()[5] is True
 
 
 def test_missing_cp_async_wait_reads_poison():
@@ -146,6 +146,29 @@ def test_missing_cp_async_wait_reads_poison():
     with emulator(cp_async="wait") as ext:
         unwaited = torch.tensor(ext.selftest.cp_async_exchange(values, False))
     assert torch.isnan(unwaited).any(), "reading an unwaited cp.async destination must see the NaN poison"
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("cp_async", CP_ASYNC_MODES)
+def test_racecheck_flags_unordered_cp_async_and_ldmatrix_under_every_schedule(schedule, cp_async):
+    """Warps swap 16-byte rows through cp.async + ldmatrix. Dropping the wait, the barrier, or
+    the barrier before overwriting rows another warp read is reported whatever the order."""
+    expected = []
+    for i in range(64):
+        warp, lane = divmod(i, 32)
+        element = (32 * (1 - warp) + lane // 4) * 8 + 2 * (lane % 4)
+        expected.append(pack(element, element + 1))
+    with emulator(schedule=schedule, seed=7, cp_async=cp_async) as ext:
+        assert ext.selftest.race("ok") == expected
+        with pytest.raises(RuntimeError, match="race .*no cp_async_wait has retired yet: a missing cp.async wait"):
+            ext.selftest.race("no-wait")
+        with pytest.raises(RuntimeError, match="race .*since the last __syncthreads: a missing __syncthreads"):
+            ext.selftest.race("no-barrier")
+        with pytest.raises(RuntimeError, match="race .*(a missing __syncthreads before the copy|"
+                                               "since the last __syncthreads)"):
+            ext.selftest.race("overwrite")
+    with emulator(schedule=schedule, cp_async=cp_async, racecheck=False) as ext:
+        ext.selftest.race("no-barrier")  # without the checker only the data can tell
 
 
 @pytest.mark.parametrize(

@@ -38,23 +38,25 @@ PYBIND11_MODULE(_cuda_sim, m) {
       "The CUDA forward kernel compiled for the host and executed by the SIMT emulator (csrc/simt) on CPU memory";
   m.def(
       "configure",
-      [](const std::string& schedule, uint64_t seed, const std::string& cp_async, int os_threads, size_t stack_bytes) {
+      [](const std::string& schedule, uint64_t seed, const std::string& cp_async, int os_threads, size_t stack_bytes,
+         bool racecheck) {
         simt::Options& o = simt::options();
         o.schedule = parse_schedule(schedule);
         o.seed = seed;
         o.cp_async = parse_cp_async(cp_async);
         o.os_threads = os_threads;
         o.stack_bytes = stack_bytes;
+        o.racecheck = racecheck;
       },
       "Sets the emulator's options for the following launches.", py::arg("schedule") = "warp-first",
       py::arg("seed") = 0, py::arg("cp_async") = "issue", py::arg("os_threads") = 1,
-      py::arg("stack_bytes") = 64 * 1024);
+      py::arg("stack_bytes") = 64 * 1024, py::arg("racecheck") = true);
   m.def("options", [] {
     static const char* kSchedules[] = {"warp-first", "round-robin", "reverse", "random"};
     const simt::Options& o = simt::options();
     return py::make_tuple(kSchedules[static_cast<int>(o.schedule)], o.seed,
                           o.cp_async == simt::CpAsyncLanding::kAtIssue ? "issue" : "wait", o.os_threads,
-                          o.stack_bytes);
+                          o.stack_bytes, o.racecheck);
   }, "The current options, in configure()'s argument order.");
   m.def("stats", [] {
     const simt::Stats s = simt::stats();

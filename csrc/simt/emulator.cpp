@@ -82,6 +82,20 @@ struct PendingCopy {
   unsigned char* dst;
   const unsigned char* src;
   bool valid;
+  bool landed;  // already copied (cp.async landing at issue); still pending until its wait
+};
+
+// Race-check state of one 16-byte chunk of shared memory. Epochs count the block's completed
+// __syncthreads; cp.async writes count from the wait that retires them, ldmatrix reads from the
+// read. A chunk written or read in the current epoch by one warp must not be touched by another.
+struct ChunkState {
+  int pending = 0;         // cp.async copies issued into it and not yet retired by a wait
+  int write_epoch = -1;    // epoch of the last retired cp.async into it
+  int writer_warp = -1;
+  Site write_site{"", 0};
+  int read_epoch = -1;     // epoch of the last ldmatrix reads
+  uint32_t reader_warps = 0;
+  Site read_site{"", 0};
 };
 
 struct Thread {
@@ -155,6 +169,7 @@ class Worker {
   void finish_collective();
   void cp_async(void* dst, const void* src, bool valid, Site site);
   void land_groups(size_t keep_pending);
+  void check_ldmatrix_read(const void* row, int warp, Site site);
   void body_done();
   const std::function<void()>* body() const { return body_; }
 
@@ -165,6 +180,8 @@ class Worker {
   void run_block(uint64_t linear_block);
   int pick();
   void complete_collective(Warp& warp, int warp_index);
+  void retire(const PendingCopy& copy);
+  ChunkState& chunk(const void* p) { return chunks_[(static_cast<const unsigned char*>(p) - smem_) / 16]; }
   std::string describe_waits() const;
   std::string block_name() const;
 
@@ -179,6 +196,8 @@ class Worker {
   unsigned current_ = 0;
   int last_ = -1;
   unsigned barrier_arrived_ = 0;
+  int epoch_ = 0;  // completed __syncthreads in this block
+  std::vector<ChunkState> chunks_;
   unsigned done_ = 0;
   std::string error_;
   Dim3 grid_, block_, block_index_;
@@ -245,6 +264,7 @@ void Worker::sync_block(Site site) {
     }
   }
   barrier_arrived_ = 0;
+  ++epoch_;
   for (auto& t : threads_) t.state = State::kRunnable;
   yield(State::kRunnable);  // the schedule decides who leaves the barrier first
 }
@@ -346,7 +366,11 @@ void Worker::complete_collective(Warp& warp, int warp_index) {
       const bool trans = first.variant % 2 != 0;
       uint16_t m[4][8][8];
       for (int mat = 0; mat < matrices; ++mat) {
-        for (int row = 0; row < 8; ++row) memcpy(m[mat][row], warp.lanes[mat * 8 + row].addr, 16);
+        for (int row = 0; row < 8; ++row) {
+          const void* addr = warp.lanes[mat * 8 + row].addr;
+          if (opts_.racecheck) check_ldmatrix_read(addr, warp_index, first.site);
+          memcpy(m[mat][row], addr, 16);
+        }
       }
       for (int lane = 0; lane < kWarpSize; ++lane) {
         const int g = lane / 4, t = lane % 4;
@@ -375,19 +399,71 @@ void Worker::cp_async(void* dst, const void* src, bool valid, Site site) {
       << ": global source " << src << " is not 16-byte aligned";
     fail(s.str());
   }
-  const PendingCopy copy{static_cast<unsigned char*>(dst), static_cast<const unsigned char*>(src), valid};
+  const int warp = static_cast<int>(current_ / kWarpSize);
+  if (opts_.racecheck) {
+    ChunkState& c = chunk(dst);
+    const uint32_t other_readers = c.read_epoch == epoch_ ? c.reader_warps & ~(1u << warp) : 0;
+    if (other_readers != 0) {
+      std::ostringstream m;
+      m << "simt emulator: race in " << block_name() << ": cp.async at " << where(site) << " (thread " << current_
+        << ", warp " << warp << ") overwrites shared memory (offset " << (static_cast<unsigned char*>(dst) - smem_)
+        << ") that other warps (mask 0x" << std::hex << other_readers << std::dec << ") read with ldmatrix at "
+        << where(c.read_site) << " since the last __syncthreads: a missing __syncthreads before the copy";
+      fail(m.str());
+    }
+    if ((c.pending > 0 || c.write_epoch == epoch_) && c.writer_warp != warp) {
+      std::ostringstream m;
+      m << "simt emulator: race in " << block_name() << ": cp.async at " << where(site) << " (warp " << warp
+        << ") and cp.async at " << where(c.write_site) << " (warp " << c.writer_warp
+        << ") write the same shared memory without a __syncthreads between";
+      fail(m.str());
+    }
+    c.pending++;
+    c.writer_warp = warp;
+    c.write_site = site;
+  }
+  PendingCopy copy{static_cast<unsigned char*>(dst), static_cast<const unsigned char*>(src), valid, false};
   if (opts_.cp_async == CpAsyncLanding::kAtIssue) {
     land(copy);
+    copy.landed = true;
   } else {
     memset(copy.dst, kPoisonByte, 16);
-    current().open_group.push_back(copy);
   }
+  current().open_group.push_back(copy);
+}
+
+void Worker::retire(const PendingCopy& copy) {
+  if (!copy.landed) land(copy);
+  if (opts_.racecheck) {
+    ChunkState& c = chunk(copy.dst);
+    c.pending--;
+    c.write_epoch = epoch_;
+  }
+}
+
+void Worker::check_ldmatrix_read(const void* row, int warp, Site site) {
+  ChunkState& c = chunk(row);
+  if (c.pending > 0 || (c.write_epoch == epoch_ && c.writer_warp != warp)) {
+    std::ostringstream m;
+    m << "simt emulator: race in " << block_name() << ": ldmatrix at " << where(site) << " (warp " << warp
+      << ") reads shared memory (offset " << (static_cast<const unsigned char*>(row) - smem_)
+      << ") written by cp.async at " << where(c.write_site) << " (warp " << c.writer_warp << ") "
+      << (c.pending > 0 ? "that no cp_async_wait has retired yet: a missing cp.async wait"
+                        : "since the last __syncthreads: a missing __syncthreads");
+    fail(m.str());
+  }
+  if (c.read_epoch != epoch_) {
+    c.read_epoch = epoch_;
+    c.reader_warps = 0;
+  }
+  c.reader_warps |= 1u << warp;
+  c.read_site = site;
 }
 
 void Worker::land_groups(size_t keep_pending) {
   Thread& self = current();
   while (self.committed.size() > keep_pending) {
-    for (const auto& copy : self.committed.front()) land(copy);
+    for (const auto& copy : self.committed.front()) retire(copy);
     self.committed.pop_front();
   }
 }
@@ -494,6 +570,8 @@ void Worker::run_block(uint64_t linear_block) {
                       static_cast<unsigned>(linear_block / (static_cast<uint64_t>(grid_.x) * grid_.y)));
   memset(smem_, kPoisonByte, smem_bytes_);
   barrier_arrived_ = 0;
+  epoch_ = 0;
+  if (opts_.racecheck) chunks_.assign(smem_bytes_ / 16, ChunkState{});
   done_ = 0;
   last_ = -1;
   for (auto& w : warps_) w.arrived = 0;

@@ -134,6 +134,49 @@ std::vector<float> cp_async_exchange(const std::vector<float>& in, bool with_wai
   return out;
 }
 
+// 2 warps: every thread copies one 16-byte row into shared memory with cp.async, then each warp
+// reads the other warp's 32 rows with ldmatrix (x4, rows of 8 halves). `order` drops the wait
+// ("no-wait"), the barrier ("no-barrier") or neither ("ok"); "overwrite" has warp 1 copy into
+// rows that warp 0 reads, with no barrier between the read and the copy.
+__global__ void race_kernel(const uint16_t* in, int order, uint32_t* out) {
+  uint16_t* smem = dynamic_smem<uint16_t>();
+  const int i = threadIdx.x, warp = i / 32, lane = i % 32;
+  if (order == 3) {
+    if (warp == 0) {
+      uint32_t r[4];
+      ldmatrix_x4(r, smem + 8 * lane);
+      out[i] = r[0];
+    } else {
+      cp_async_16(smem + 8 * lane, in + 8 * lane, true);
+      cp_async_commit();
+      cp_async_wait<0>();
+    }
+    return;
+  }
+  cp_async_16(smem + 8 * i, in + 8 * i, true);
+  cp_async_commit();
+  if (order != 1) cp_async_wait<0>();
+  if (order != 2) __syncthreads();
+  uint32_t r[4];
+  ldmatrix_x4(r, smem + 8 * (32 * (1 - warp) + lane));
+  out[i] = r[0];
+  cp_async_wait<0>();
+}
+
+std::vector<uint32_t> race(const std::string& order) {
+  const char* kOrders[] = {"ok", "no-wait", "no-barrier", "overwrite"};
+  int code = -1;
+  for (int k = 0; k < 4; ++k) {
+    if (order == kOrders[k]) code = k;
+  }
+  if (code < 0) throw std::invalid_argument("race: unknown order '" + order + "'");
+  std::vector<uint16_t> in(64 * 8);
+  for (size_t k = 0; k < in.size(); ++k) in[k] = static_cast<uint16_t>(k);
+  std::vector<uint32_t> out(64);
+  launch(race_kernel, Dim3(1), Dim3(64), in.size() * 2, nullptr, in.data(), code, out.data());
+  return out;
+}
+
 // Planted misuses, one per detector.
 __global__ void misuse_kernel(int kind, size_t alloca_bytes, float* out) {
   const int i = threadIdx.x;
@@ -228,6 +271,8 @@ void register_kernels(py::module_& m) {
         "Lanes of one warp swap values through shared memory, with or without __syncwarp.");
   m.def("cp_async_exchange", &cp_async_exchange, py::arg("values"), py::arg("with_wait"),
         "Threads swap values copied by cp.async, with or without the cp.async wait.");
+  m.def("race", &race, py::arg("order"),
+        "Warps exchange rows through cp.async and ldmatrix; order 'ok', 'no-wait', 'no-barrier' or 'overwrite'.");
   m.def("misuse", &misuse, py::arg("kind"), py::arg("alloca_bytes") = 0,
         "Runs a kernel with a planted misuse; the emulator must raise.");
   m.def("mma_loop", &mma_loop, py::arg("count"), "4 warps issue `count` mma each; returns one accumulator.");

@@ -8,7 +8,8 @@
 // Between synchronization points a fiber is never interrupted, so the order in which fibers run
 // (the schedule) decides which races show up. Dynamic shared memory starts as NaN (0xFF bytes);
 // cp.async copies land either when issued or only at the wait that retires their group (the
-// destination reads as NaN until then). Misuse is reported as simt::Error with the call site.
+// destination reads as NaN until then). Misuse is reported as simt::Error with the call site,
+// including races between warps on shared memory moved by cp.async and read by ldmatrix.
 //
 // Include through simt.h, never directly.
 #pragma once
@@ -60,6 +61,9 @@ struct Options {
   uint64_t seed = 0;
   CpAsyncLanding cp_async = CpAsyncLanding::kAtIssue;
   int os_threads = 1;              // blocks run on this many OS threads
+  // Reports cp.async / ldmatrix traffic between warps that no __syncthreads (or no cp.async
+  // wait) orders, whatever the schedule. Plain loads and stores are not tracked.
+  bool racecheck = true;
   size_t stack_bytes = 64 * 1024;  // per fiber, usable
 };
 
