@@ -448,8 +448,10 @@ void Worker::check_ldmatrix_read(const void* row, int warp, Site site) {
     m << "simt emulator: race in " << block_name() << ": ldmatrix at " << where(site) << " (warp " << warp
       << ") reads shared memory (offset " << (static_cast<const unsigned char*>(row) - smem_)
       << ") written by cp.async at " << where(c.write_site) << " (warp " << c.writer_warp << ") "
-      << (c.pending > 0 ? "that no cp_async_wait has retired yet: a missing cp.async wait"
-                        : "since the last __syncthreads: a missing __syncthreads");
+      << (c.pending == 0 ? "since the last __syncthreads: a missing __syncthreads"
+          : c.writer_warp == warp ? "that no cp_async_wait has retired yet: a missing cp.async wait"
+                                  : "that no cp_async_wait has retired yet: a missing cp.async wait, or a missing "
+                                    "__syncthreads between the issuing warp's wait and this read");
     fail(m.str());
   }
   if (c.read_epoch != epoch_) {
