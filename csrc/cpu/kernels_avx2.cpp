@@ -1,4 +1,4 @@
-// Kernels compiled for the avx2 instruction set (see kernels.inc).
+// Kernels compiled for the avx2 instruction set (see kernels_isa.h).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -18,7 +18,7 @@
 #endif
 #define ATTN_CPU_ISA avx2
 #define ATTN_CPU_VEC_BYTES 32
-#include "kernels.inc"
+#include "kernels_isa.h"
 #if defined(__clang__)
 #pragma clang attribute pop
 #endif

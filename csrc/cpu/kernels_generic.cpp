@@ -1,4 +1,4 @@
-// Kernels compiled for the generic instruction set (see kernels.inc).
+// Kernels compiled for the generic instruction set (see kernels_isa.h).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -12,4 +12,4 @@
 // The baseline of the build target (SSE2 on x86-64, NEON on aarch64): 128-bit vectors.
 #define ATTN_CPU_ISA generic
 #define ATTN_CPU_VEC_BYTES 16
-#include "kernels.inc"
+#include "kernels_isa.h"
