@@ -53,3 +53,43 @@ def head_dim_bucket(head_dim: int) -> int:
 def forward_config(block_d: int, dtype: torch.dtype) -> TileConfig:
     table = _FWD_32BIT if dtype == torch.float32 else _FWD_16BIT
     return table[block_d]
+
+
+@dataclass(frozen=True)
+class BackwardConfig:
+    """Tiles of the two backward kernels: ``dkdv`` (block_n keys per program, block_m-row query
+    tiles streamed) and ``dq`` (block_m queries per program, block_n-key tiles streamed)."""
+
+    dkdv: TileConfig
+    dq: TileConfig
+
+
+# Backward, 16-bit inputs. The dK/dV program holds K, V (BLOCK_N x D, input dtype) and two fp32
+# accumulators dK, dV (BLOCK_N x D) while streaming Q and dO tiles: four BLOCK_N x D live tiles
+# against the forward's one, so BLOCK_N=64 up to D=128 (64-row tiles keep every dot eligible for
+# sm_90's 64-row wgmma), and 32 at D=256 with 8 warps to keep the accumulators out of spills.
+# The dQ program is the forward's shape with one more dot (dP) and no softmax rescaling.
+_BWD_16BIT = {
+    16: BackwardConfig(TileConfig(64, 64, 4, 2), TileConfig(64, 64, 4, 2)),
+    32: BackwardConfig(TileConfig(64, 64, 4, 2), TileConfig(64, 64, 4, 2)),
+    64: BackwardConfig(TileConfig(64, 64, 4, 2), TileConfig(64, 64, 4, 2)),
+    128: BackwardConfig(TileConfig(64, 64, 8, 2), TileConfig(64, 64, 8, 2)),
+    256: BackwardConfig(TileConfig(64, 32, 8, 1), TileConfig(64, 32, 8, 1)),
+}
+
+# Backward, fp32 inputs: twice the bytes per tile, so half the tile rows from D=128 up.
+_BWD_32BIT = {
+    16: BackwardConfig(TileConfig(64, 64, 4, 2), TileConfig(64, 64, 4, 2)),
+    32: BackwardConfig(TileConfig(64, 64, 4, 2), TileConfig(64, 64, 4, 2)),
+    64: BackwardConfig(TileConfig(64, 64, 4, 2), TileConfig(64, 64, 4, 2)),
+    128: BackwardConfig(TileConfig(32, 32, 4, 2), TileConfig(32, 32, 4, 2)),
+    256: BackwardConfig(TileConfig(32, 32, 8, 1), TileConfig(32, 32, 8, 1)),
+}
+
+# Preprocess (Delta = rowsum(dO * O)): elementwise, 64 rows of up to 256 columns per program.
+PREPROCESS_BLOCK_M = 64
+
+
+def backward_config(block_d: int, dtype: torch.dtype) -> BackwardConfig:
+    table = _BWD_32BIT if dtype == torch.float32 else _BWD_16BIT
+    return table[block_d]
