@@ -68,7 +68,7 @@ def _lse_log2(lse):
 
 
 @triton.jit
-def _bwd_dkdv_tiles(dk, dv, k_t, v_t, q_base, do_base, lse_base, delta_base, bias_base,
+def _bwd_dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, bias_base,
                     stride_qm, stride_dom, stride_bm, stride_bn,
                     offs_n, offs_d, head_dim, seqlen_q, seqlen_k, diag_offset, window_left, window_right,
                     sm_scale, softcap, alibi_slope, lo, hi,
@@ -76,8 +76,13 @@ def _bwd_dkdv_tiles(dk, dv, k_t, v_t, q_base, do_base, lse_base, delta_base, bia
                     HAS_ALIBI: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_FP32: tl.constexpr,
                     PRECISION: tl.constexpr):
     """Accumulates dK, dV (BLOCK_N, BLOCK_D) over query tiles [lo, hi) of one query head.
-    ``k_t``, ``v_t`` are the key/value tile transposed (BLOCK_D, BLOCK_N). ``MASKED`` tiles apply
-    the visibility rule and the end of the queries; unmasked ones are fully visible."""
+
+    Works on transposed scores ``S^T (BLOCK_N, BLOCK_M)`` so that every dot has the key tile as
+    its rows, like the dK/dV accumulators: no transposes of fp32 tiles, and on sm_90 every dot
+    is a 64-row-per-warpgroup wgmma. The visibility and ALiBi rules are symmetric under swapping
+    queries and keys with ``off -> -off``, ``left <-> right``, so the shared helpers are reused
+    with those arguments. ``MASKED`` tiles apply the visibility rule and the end of the queries;
+    unmasked ones are fully visible."""
     d_ok = offs_d < head_dim
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -92,23 +97,24 @@ def _bwd_dkdv_tiles(dk, dv, k_t, v_t, q_base, do_base, lse_base, delta_base, bia
             delta = tl.load(delta_base + offs_m)
         q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=q_mask, other=0.0)  # (M, D)
         do = tl.load(do_base + offs_m[:, None] * stride_dom + offs_d[None, :], mask=q_mask, other=0.0)  # (M, D)
-        qk = _dot(q, k_t, tl.zeros([BLOCK_M, k_t.shape[1]], dtype=tl.float32), DOT_FP32, PRECISION)  # (M, N)
-        s = _scores_log2(qk, offs_m, offs_n, diag_offset, sm_scale, softcap, alibi_slope, HAS_SOFTCAP, HAS_ALIBI)
+        qk_t = _dot(k, tl.trans(q), tl.zeros([k.shape[0], BLOCK_M], dtype=tl.float32), DOT_FP32, PRECISION)  # (N, M)
+        s_t = _scores_log2(qk_t, offs_n, offs_m, -diag_offset, sm_scale, softcap, alibi_slope, HAS_SOFTCAP, HAS_ALIBI)
         if HAS_BIAS:
             # rows past Sq read row Sq-1 (their P is zeroed through lse = -inf)
             rows = tl.minimum(offs_m, seqlen_q - 1)
-            bias = tl.load(bias_base + rows[:, None] * stride_bm + offs_n[None, :] * stride_bn,
-                           mask=offs_n[None, :] < seqlen_k, other=0.0)
-            s = s + bias * 1.4426950408889634
+            bias = tl.load(bias_base + rows[None, :] * stride_bm + offs_n[:, None] * stride_bn,
+                           mask=offs_n[:, None] < seqlen_k, other=0.0)
+            s_t = s_t + bias * 1.4426950408889634
         if MASKED:
-            s = tl.where(_visible(offs_m, offs_n, seqlen_k, diag_offset, window_left, window_right), s, float("-inf"))
-        p = tl.exp2(s - _lse_log2(lse)[:, None])  # (M, N)
-        dv = _dot(tl.trans(p.to(do.dtype)), do, dv, DOT_FP32, PRECISION)  # (N, D)
-        dp = _dot(do, v_t, tl.zeros([BLOCK_M, v_t.shape[1]], dtype=tl.float32), DOT_FP32, PRECISION)  # (M, N)
-        ds = p * (dp - delta[:, None])
+            visible = _visible(offs_n, offs_m, seqlen_q, -diag_offset, window_right, window_left)
+            s_t = tl.where(visible, s_t, float("-inf"))
+        p_t = tl.exp2(s_t - _lse_log2(lse)[None, :])  # (N, M)
+        dv = _dot(p_t.to(do.dtype), do, dv, DOT_FP32, PRECISION)  # (N, D)
+        dp_t = _dot(v, tl.trans(do), tl.zeros([v.shape[0], BLOCK_M], dtype=tl.float32), DOT_FP32, PRECISION)
+        ds_t = p_t * (dp_t - delta[None, :])  # (N, M)
         if HAS_SOFTCAP:
-            ds = ds * _softcap_grad(qk, sm_scale, softcap)
-        dk = _dot(tl.trans(ds.to(q.dtype)), q, dk, DOT_FP32, PRECISION)  # (N, D)
+            ds_t = ds_t * _softcap_grad(qk_t, sm_scale, softcap)
+        dk = _dot(ds_t.to(q.dtype), q, dk, DOT_FP32, PRECISION)  # (N, D)
     return dk, dv
 
 
@@ -136,11 +142,11 @@ def _attn_bwd_dkdv_kernel(
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    kv_mask = (offs_d[:, None] < head_dim) & (offs_n[None, :] < seqlen_k)
-    k_t = tl.load(K + batch.to(tl.int64) * stride_kb + kv_head * stride_kh + offs_n[None, :] * stride_kn
-                  + offs_d[:, None], mask=kv_mask, other=0.0)  # (D, N)
-    v_t = tl.load(V + batch.to(tl.int64) * stride_vb + kv_head * stride_vh + offs_n[None, :] * stride_vn
-                  + offs_d[:, None], mask=kv_mask, other=0.0)  # (D, N)
+    kv_mask = (offs_n[:, None] < seqlen_k) & (offs_d[None, :] < head_dim)
+    k = tl.load(K + batch.to(tl.int64) * stride_kb + kv_head * stride_kh + offs_n[:, None] * stride_kn
+                + offs_d[None, :], mask=kv_mask, other=0.0)  # (N, D)
+    v = tl.load(V + batch.to(tl.int64) * stride_vb + kv_head * stride_vh + offs_n[:, None] * stride_vn
+                + offs_d[None, :], mask=kv_mask, other=0.0)  # (N, D)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
 
@@ -157,22 +163,22 @@ def _attn_bwd_dkdv_kernel(
         if HAS_ALIBI:
             alibi_slope = tl.load(Alibi + batch * n_heads + head)
         dk, dv = _bwd_dkdv_tiles(
-            dk, dv, k_t, v_t, q_base, do_base, Lse + row_base, Delta + row_base, bias_base,
+            dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base, bias_base,
             stride_qm, stride_dom, stride_bm, stride_bn, offs_n, offs_d, head_dim, seqlen_q, seqlen_k,
             diag_offset, window_left, window_right, sm_scale, softcap, alibi_slope, start, mid_lo,
             BLOCK_M, True, HAS_SOFTCAP, HAS_ALIBI, HAS_BIAS, DOT_FP32, PRECISION)
         dk, dv = _bwd_dkdv_tiles(
-            dk, dv, k_t, v_t, q_base, do_base, Lse + row_base, Delta + row_base, bias_base,
+            dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base, bias_base,
             stride_qm, stride_dom, stride_bm, stride_bn, offs_n, offs_d, head_dim, seqlen_q, seqlen_k,
             diag_offset, window_left, window_right, sm_scale, softcap, alibi_slope, mid_lo, mid_hi,
             BLOCK_M, False, HAS_SOFTCAP, HAS_ALIBI, HAS_BIAS, DOT_FP32, PRECISION)
         dk, dv = _bwd_dkdv_tiles(
-            dk, dv, k_t, v_t, q_base, do_base, Lse + row_base, Delta + row_base, bias_base,
+            dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base, bias_base,
             stride_qm, stride_dom, stride_bm, stride_bn, offs_n, offs_d, head_dim, seqlen_q, seqlen_k,
             diag_offset, window_left, window_right, sm_scale, softcap, alibi_slope, mid_hi, end,
             BLOCK_M, True, HAS_SOFTCAP, HAS_ALIBI, HAS_BIAS, DOT_FP32, PRECISION)
 
-    out_mask = (offs_n[:, None] < seqlen_k) & (offs_d[None, :] < head_dim)
+    out_mask = kv_mask
     tl.store(DK + batch.to(tl.int64) * stride_dkb + kv_head * stride_dkh + offs_n[:, None] * stride_dkn
              + offs_d[None, :], (dk * sm_scale).to(DK.dtype.element_ty), mask=out_mask)
     tl.store(DV + batch.to(tl.int64) * stride_dvb + kv_head * stride_dvh + offs_n[:, None] * stride_dvn
