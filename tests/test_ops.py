@@ -90,8 +90,8 @@ def test_torch_compile_fullgraph(compiler):
     grads = torch.autograd.grad(loss, leaves)
     eager_loss = _loss(*leaves)
     eager_grads = torch.autograd.grad(eager_loss, leaves)
-    assert torch.equal(loss, eager_loss) if compiler == "aot_eager" else \
-        torch.allclose(loss, eager_loss, rtol=1e-5, atol=0)
+    # inductor may fuse the fp32 loss reduction differently; the attention ops run unchanged.
+    torch.testing.assert_close(loss, eager_loss, rtol=1e-6 if compiler == "inductor" else 0, atol=0)
     for g, e in zip(grads, eager_grads):
         assert torch.equal(g, e)
 

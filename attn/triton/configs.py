@@ -109,10 +109,14 @@ _BWD_32BIT = {
     256: BackwardConfig(TileConfig(32, 32, 8, 1), TileConfig(32, 32, 8, 1)),
 }
 
+_BWD_16BIT_BIAS = _BWD_16BIT
+_BWD_32BIT_BIAS = _BWD_32BIT
+
 # Preprocess (Delta = rowsum(dO * O)): elementwise, 64 rows of up to 256 columns per program.
 PREPROCESS_BLOCK_M = 64
 
 
-def backward_config(block_d: int, dtype: torch.dtype) -> BackwardConfig:
-    table = _BWD_32BIT if dtype == torch.float32 else _BWD_16BIT
-    return table[block_d]
+def backward_config(block_d: int, dtype: torch.dtype, has_bias: bool = False) -> BackwardConfig:
+    if dtype == torch.float32:
+        return (_BWD_32BIT_BIAS if has_bias else _BWD_32BIT)[block_d]
+    return (_BWD_16BIT_BIAS if has_bias else _BWD_16BIT)[block_d]
