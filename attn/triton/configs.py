@@ -87,30 +87,48 @@ class BackwardConfig:
     dq: TileConfig
 
 
-# Backward, 16-bit inputs. The dK/dV program holds K, V (BLOCK_N x D, input dtype) and two fp32
-# accumulators dK, dV (BLOCK_N x D) while streaming Q and dO tiles: four BLOCK_N x D live tiles
-# against the forward's one, so BLOCK_N=64 up to D=128 (64-row tiles keep every dot eligible for
-# sm_90's 64-row wgmma), and 32 at D=256 with 8 warps to keep the accumulators out of spills.
-# The dQ program is the forward's shape with one more dot (dP) and no softmax rescaling.
+# Backward tiles, from `python -m attn.triton.aot` (ptxas -v) on sm_80 and sm_90: the widest
+# tiles with zero spills on both. The dK/dV program keeps K, V (BLOCK_N x D) and the fp32 dK, dV
+# accumulators (BLOCK_N x D) live across its whole loop, four tiles where the forward keeps one,
+# so its query tiles are short (16-32 rows, one stage). Up to D=64 its 64 key rows make every
+# dot a sm_90 wgmma; from D=128 on, every 64-row variant spilled (D=128: 8-24 B even with 8
+# warps; D=256: 500+ B), so it drops to 32 or 16 key rows with 8 warps and uses mma.sync on
+# sm_90 too. The dQ program is the forward's shape with one more dot (dP): 64 query rows up to
+# D=128 (8 warps from D=128: 4 spilled 24 B), 32 at D=256 (64 spilled 20 B).
 _BWD_16BIT = {
-    16: BackwardConfig(TileConfig(64, 64, 4, 2), TileConfig(64, 64, 4, 2)),
-    32: BackwardConfig(TileConfig(64, 64, 4, 2), TileConfig(64, 64, 4, 2)),
-    64: BackwardConfig(TileConfig(64, 64, 4, 2), TileConfig(64, 64, 4, 2)),
-    128: BackwardConfig(TileConfig(64, 64, 8, 2), TileConfig(64, 64, 8, 2)),
-    256: BackwardConfig(TileConfig(64, 32, 8, 1), TileConfig(64, 32, 8, 1)),
+    16: BackwardConfig(dkdv=TileConfig(16, 64, 4, 1), dq=TileConfig(64, 64, 4, 2)),
+    32: BackwardConfig(dkdv=TileConfig(32, 64, 4, 1), dq=TileConfig(64, 64, 4, 2)),
+    64: BackwardConfig(dkdv=TileConfig(16, 64, 4, 1), dq=TileConfig(64, 64, 4, 2)),
+    128: BackwardConfig(dkdv=TileConfig(16, 32, 8, 1), dq=TileConfig(64, 32, 8, 2)),
+    256: BackwardConfig(dkdv=TileConfig(16, 32, 8, 1), dq=TileConfig(32, 16, 8, 1)),
 }
 
-# Backward, fp32 inputs: twice the bytes per tile, so half the tile rows from D=128 up.
+# With an additive bias each step also loads an fp32 (BLOCK_N, BLOCK_M) bias tile.
+_BWD_16BIT_BIAS = {
+    16: BackwardConfig(dkdv=TileConfig(32, 64, 4, 1), dq=TileConfig(64, 64, 4, 2)),
+    32: BackwardConfig(dkdv=TileConfig(32, 64, 4, 1), dq=TileConfig(64, 64, 4, 2)),
+    64: BackwardConfig(dkdv=TileConfig(16, 64, 8, 1), dq=TileConfig(64, 32, 4, 2)),
+    128: BackwardConfig(dkdv=TileConfig(16, 32, 8, 1), dq=TileConfig(64, 32, 8, 2)),
+    256: BackwardConfig(dkdv=TileConfig(16, 16, 8, 1), dq=TileConfig(32, 16, 8, 1)),
+}
+
+# fp32 inputs: exact FMA products (no tensor cores, no TF32) whose operands live in registers,
+# so tiles are small, as in the forward; ptxas's register budget moves unpredictably with the
+# warp count here (D=256 dK/dV spilled with 4 and 8 warps, not with 16), hence the mixed counts.
 _BWD_32BIT = {
-    16: BackwardConfig(TileConfig(64, 64, 4, 2), TileConfig(64, 64, 4, 2)),
-    32: BackwardConfig(TileConfig(64, 64, 4, 2), TileConfig(64, 64, 4, 2)),
-    64: BackwardConfig(TileConfig(64, 64, 4, 2), TileConfig(64, 64, 4, 2)),
-    128: BackwardConfig(TileConfig(32, 32, 4, 2), TileConfig(32, 32, 4, 2)),
-    256: BackwardConfig(TileConfig(32, 32, 8, 1), TileConfig(32, 32, 8, 1)),
+    16: BackwardConfig(dkdv=TileConfig(16, 16, 4, 1), dq=TileConfig(32, 16, 8, 2)),
+    32: BackwardConfig(dkdv=TileConfig(16, 16, 8, 1), dq=TileConfig(32, 32, 4, 2)),
+    64: BackwardConfig(dkdv=TileConfig(16, 32, 4, 1), dq=TileConfig(32, 32, 4, 2)),
+    128: BackwardConfig(dkdv=TileConfig(16, 32, 4, 1), dq=TileConfig(32, 16, 8, 2)),
+    256: BackwardConfig(dkdv=TileConfig(16, 16, 16, 1), dq=TileConfig(32, 16, 8, 2)),
 }
-
-_BWD_16BIT_BIAS = _BWD_16BIT
-_BWD_32BIT_BIAS = _BWD_32BIT
+_BWD_32BIT_BIAS = {
+    16: BackwardConfig(dkdv=TileConfig(16, 32, 4, 1), dq=TileConfig(32, 32, 4, 2)),
+    32: BackwardConfig(dkdv=TileConfig(16, 32, 4, 1), dq=TileConfig(32, 32, 4, 2)),
+    64: BackwardConfig(dkdv=TileConfig(16, 64, 8, 1), dq=TileConfig(32, 32, 4, 2)),
+    128: BackwardConfig(dkdv=TileConfig(16, 32, 16, 1), dq=TileConfig(32, 16, 8, 2)),
+    256: BackwardConfig(dkdv=TileConfig(16, 16, 4, 1), dq=TileConfig(32, 16, 8, 2)),
+}
 
 # Preprocess (Delta = rowsum(dO * O)): elementwise, 64 rows of up to 256 columns per program.
 PREPROCESS_BLOCK_M = 64
