@@ -8,7 +8,7 @@ from attn._alloc import empty
 from attn._spec import AttentionSpec
 from attn.triton._bwd_kernel import _attn_bwd_dkdv_kernel, _attn_bwd_dq_kernel, _attn_bwd_preprocess_kernel
 from attn.triton._launch import dot_flags, window_bounds
-from attn.triton.configs import PREPROCESS_BLOCK_M, backward_config, head_dim_bucket
+from attn.triton.configs import backward_config, head_dim_bucket, preprocess_block_m
 
 
 def attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
@@ -29,12 +29,13 @@ def attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
     cfg = backward_config(block_d, q.dtype, has_bias=spec.bias is not None)
 
     delta = empty((batch, n_heads, seqlen_q), torch.float32, q.device)
-    _attn_bwd_preprocess_kernel[(triton.cdiv(seqlen_q, PREPROCESS_BLOCK_M), batch * n_heads)](
+    block_m = preprocess_block_m(block_d)
+    _attn_bwd_preprocess_kernel[(triton.cdiv(seqlen_q, block_m), batch * n_heads)](
         out, dout, dlse, delta,
         out.stride(0), out.stride(1), out.stride(2),
         dout.stride(0), dout.stride(1), dout.stride(2),
         n_heads, seqlen_q, head_dim,
-        BLOCK_M=PREPROCESS_BLOCK_M, BLOCK_D=block_d,
+        BLOCK_M=block_m, BLOCK_D=block_d,
     )
 
     dq = empty((batch, seqlen_q, n_heads, head_dim), q.dtype, q.device)
@@ -121,7 +122,7 @@ def backward_aot_configs():
                 kernel="attn.triton._bwd_kernel:_attn_bwd_preprocess_kernel",
                 pointers={"Out": ty, "DOut": ty, "DLse": "fp32", "Delta": "fp32"},
                 floats=(),
-                constexprs={"BLOCK_M": PREPROCESS_BLOCK_M, "BLOCK_D": block_d},
+                constexprs={"BLOCK_M": preprocess_block_m(block_d), "BLOCK_D": block_d},
                 num_warps=4,
                 num_stages=1,
                 tensor_cores=False,

@@ -130,8 +130,13 @@ _BWD_32BIT_BIAS = {
     256: BackwardConfig(dkdv=TileConfig(16, 16, 4, 1), dq=TileConfig(32, 16, 8, 2)),
 }
 
-# Preprocess (Delta = rowsum(dO * O)): elementwise, 64 rows of up to 256 columns per program.
-PREPROCESS_BLOCK_M = 64
+# Preprocess (Delta = rowsum(dO * O)), elementwise with 4 warps: 4096-element O and dO tiles,
+# 32 values of each per thread (64 rows x 256 columns spilled 40 B).
+_PREPROCESS_TILE_ELEMENTS = 4096
+
+
+def preprocess_block_m(block_d: int) -> int:
+    return min(64, _PREPROCESS_TILE_ELEMENTS // block_d)
 
 
 def backward_config(block_d: int, dtype: torch.dtype, has_bias: bool = False) -> BackwardConfig:
