@@ -37,7 +37,8 @@ class TorchSDPABackend:
         seqlen_k, n_kv_heads = k.shape[1], k.shape[2]
         qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
         gqa = n_heads != n_kv_heads
-        simple_causal = spec.causal and not spec.bottom_right and spec.window_left < 0
+        # PyTorch's is_causal is top-left aligned; bottom-right coincides with it when Sq == Sk.
+        simple_causal = spec.causal and spec.window_left < 0 and (not spec.bottom_right or seqlen_q == seqlen_k)
         if spec.bias is None and spec.alibi_slopes is None and (not spec.has_window or simple_causal):
             out = F.scaled_dot_product_attention(
                 qt, kt, vt, is_causal=simple_causal, scale=spec.softmax_scale, enable_gqa=gqa
