@@ -28,8 +28,9 @@ def test_every_decode_config_compiles_without_spills(arch):
     for r in results:
         if r["shared"] > r["shared_limit"]:
             problems.append(f"{r['name']}: shared memory {r['shared']} B > {r['shared_limit']} B")
-        if r["tensor_cores_expected"] and not r["mma"]:
-            problems.append(f"{r['name']}: no mma instruction in the PTX")
+        instr = "wgmma" if arch >= 90 and r["wgmma_expected"] else "mma"
+        if r["tensor_cores_expected"] and not r[instr]:
+            problems.append(f"{r['name']}: no {instr} instruction in the PTX")
         for key in ("spill_stores", "spill_loads", "stack"):
             if r[key] != 0:
                 problems.append(f"{r['name']}: ptxas reports {key} = {r[key]}")

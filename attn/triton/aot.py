@@ -39,13 +39,13 @@ class AotConfig:
     num_warps: int
     num_stages: int
     tensor_cores: bool = True  # expect mma/wgmma in the PTX
+    # sm_90: expect wgmma; False where the tiles are narrower than wgmma's 64-row warpgroup tile
+    # (chosen to avoid spills) and tensor cores are used through mma.sync instead
+    wgmma: bool = True
     extra: dict = field(default_factory=dict)
     # Arguments the JIT would specialize as multiples of 16 (aligned pointers, strides) in typical
     # calls; without these hints loads are not vectorized and the compile is not what runs.
     divisible: tuple = ()
-    # Tensor-core instruction expected on sm_90: "wgmma" needs 64-row warpgroup tiles; kernels
-    # with smaller query tiles (decode) use mma.sync there too.
-    hopper_instr: str = "wgmma"
     maxnreg: Optional[int] = None  # ptxas register cap the launcher passes (None: not set)
 
 
@@ -114,17 +114,18 @@ def compile_config(cfg: AotConfig, arch: int) -> dict:
         "mma": bool(re.search(r"\bmma\.sync", ptx)),
         "wgmma": "wgmma" in ptx,
         "tensor_cores_expected": cfg.tensor_cores,
-        "hopper_instr": cfg.hopper_instr,
+        "wgmma_expected": cfg.wgmma,
     }
     result.update(_ptxas_report(ptx, arch))
     return result
 
 
 def configs() -> list[AotConfig]:
+    from attn.triton.bwd import backward_aot_configs
     from attn.triton.decode_aot import decode_aot_configs
     from attn.triton.fwd import forward_aot_configs
 
-    return list(forward_aot_configs()) + list(decode_aot_configs())
+    return list(forward_aot_configs()) + list(backward_aot_configs()) + list(decode_aot_configs())
 
 
 def main(argv=None) -> int:

@@ -53,7 +53,7 @@ def _split_config(dtype, block_d, cfg, paged, features, split_output):
         num_stages=cfg.num_stages,
         tensor_cores=dtype != torch.float32,
         divisible=_divisible(kernel, _SPLIT_NOT_DIVISIBLE, constexprs),
-        hopper_instr="wgmma" if cfg.block_m >= 64 else "mma",  # wgmma needs 64-row warpgroup tiles
+        wgmma=cfg.block_m >= 64,  # smaller query tiles than wgmma's 64 rows use mma.sync on sm_90
         maxnreg=cfg.maxnreg,
     )
 
