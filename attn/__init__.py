@@ -2,11 +2,13 @@
 from attn import reference
 from attn._backends import BackendInfo, available_backends, use_backend
 from attn.interface import flash_attn_func, scaled_dot_product_attention
+from attn.modules import MultiheadAttention
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendInfo",
+    "MultiheadAttention",
     "available_backends",
     "flash_attn_func",
     "reference",
