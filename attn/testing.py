@@ -63,3 +63,47 @@ def random_tensor(shape, dtype: torch.dtype, device="cpu", generator: Optional[t
                   scale: float = 1.0) -> torch.Tensor:
     """Fresh standard-normal values (never zeros), rounded to ``dtype``."""
     return (torch.randn(shape, generator=generator, device=device, dtype=torch.float32) * scale).to(dtype)
+
+
+def pairwise(dimensions: dict) -> list[dict]:
+    """A small deterministic set of cases in which every pair of values of every two
+    dimensions appears at least once (greedy covering array).
+
+    ``dimensions`` maps a name to its list of values; returns a list of ``{name: value}``.
+    Tests use it for the default run and the full product under ``-m slow``.
+    """
+    names = list(dimensions)
+    sizes = [len(dimensions[n]) for n in names]
+    uncovered = {
+        (a, i, b, j)
+        for a in range(len(names)) for b in range(a + 1, len(names))
+        for i in range(sizes[a]) for j in range(sizes[b])
+    }
+    if len(names) == 1:
+        return [{names[0]: v} for v in dimensions[names[0]]]
+    cases = []
+    while uncovered:
+        a, i, b, j = min(uncovered)
+        choice = {a: i, b: j}
+        for d in range(len(names)):
+            if d in choice:
+                continue
+            def gain(v, d=d):
+                return sum(
+                    ((min(d, e), v if d < e else choice[e], max(d, e), choice[e] if d < e else v) in uncovered)
+                    for e in choice
+                )
+            choice[d] = max(range(sizes[d]), key=lambda v: (gain(v), -v))
+        for x in range(len(names)):
+            for y in range(x + 1, len(names)):
+                uncovered.discard((x, choice[x], y, choice[y]))
+        cases.append({names[d]: dimensions[names[d]][choice[d]] for d in range(len(names))})
+    return cases
+
+
+def product(dimensions: dict) -> list[dict]:
+    """Every combination of the values (the ``-m slow`` counterpart of :func:`pairwise`)."""
+    import itertools
+
+    names = list(dimensions)
+    return [dict(zip(names, values)) for values in itertools.product(*(dimensions[n] for n in names))]

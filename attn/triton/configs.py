@@ -21,26 +21,34 @@ class TileConfig:
     num_stages: int
 
 
-# Forward, 16-bit inputs. BLOCK_M=128 with 4 warps (32 rows per warp) amortizes each K/V tile
-# over many queries for small heads; at D=128 the 128x128 Q tile plus a 128-wide fp32 accumulator
-# needs 8 warps to stay out of spills. At D=256 the Q tile alone is 64 KB at BLOCK_M=128, so
-# BLOCK_M=64 and a 32-wide K/V tile keep two pipeline stages within sm_80's 163 KB.
+# Forward, 16-bit inputs (register and spill counts from `python -m attn.triton.aot --arch 80`).
+# BLOCK_M=128 amortizes each K/V tile over many queries. Up to D=32, 4 warps hold the 128-row
+# tile in registers; from D=64 on, 4 warps spill (168 B at D=64) and 8 warps do not. At D=256
+# the Q tile alone is 64 KB at BLOCK_M=128, so BLOCK_M=64 and a 32-wide K/V tile keep two
+# pipeline stages well inside sm_80's 163 KB, and a 16-wide K/V tile is the widest that does not
+# spill on sm_90 (32 wide: 28 B).
 _FWD_16BIT = {
     16: TileConfig(128, 64, 4, 3),
     32: TileConfig(128, 64, 4, 3),
-    64: TileConfig(128, 64, 4, 3),
+    64: TileConfig(128, 64, 8, 3),
     128: TileConfig(128, 64, 8, 3),
-    256: TileConfig(64, 32, 8, 2),
+    256: TileConfig(64, 16, 8, 2),
 }
 
-# Forward, fp32 inputs: every tile is twice the bytes, so halve BLOCK_M (and stages at D=256).
+# Forward, fp32 inputs. fp32 products are exact-precision FMA (no tensor cores, no TF32), whose
+# operands live in registers: tiles must be far smaller than for 16-bit inputs to avoid spills
+# (64x64 at D=64 spilled 47 KB; 3xTF32 was worse, splitting every operand in two).
 _FWD_32BIT = {
-    16: TileConfig(64, 64, 4, 3),
-    32: TileConfig(64, 64, 4, 3),
-    64: TileConfig(64, 64, 4, 3),
-    128: TileConfig(64, 32, 4, 3),
-    256: TileConfig(32, 32, 4, 2),
+    16: TileConfig(32, 32, 4, 2),
+    32: TileConfig(32, 32, 4, 2),
+    64: TileConfig(32, 32, 4, 2),
+    128: TileConfig(32, 16, 8, 2),
+    256: TileConfig(16, 32, 8, 2),
 }
+
+# An additive bias tile is one more (BLOCK_M, BLOCK_N) fp32 operand per step. At D=128 it
+# spilled 128 B with 64-wide K/V tiles (and 364 B with BLOCK_M=64), none with 16-wide tiles.
+_BIAS_MAX_BLOCK_N = 16
 
 
 def head_dim_bucket(head_dim: int) -> int:
@@ -50,6 +58,8 @@ def head_dim_bucket(head_dim: int) -> int:
     raise ValueError(f"head dim {head_dim} exceeds the largest bucket {HEAD_DIM_BUCKETS[-1]}")
 
 
-def forward_config(block_d: int, dtype: torch.dtype) -> TileConfig:
-    table = _FWD_32BIT if dtype == torch.float32 else _FWD_16BIT
-    return table[block_d]
+def forward_config(block_d: int, dtype: torch.dtype, has_bias: bool = False) -> TileConfig:
+    cfg = (_FWD_32BIT if dtype == torch.float32 else _FWD_16BIT)[block_d]
+    if has_bias and cfg.block_n > _BIAS_MAX_BLOCK_N:
+        cfg = TileConfig(cfg.block_m, _BIAS_MAX_BLOCK_N, cfg.num_warps, cfg.num_stages)
+    return cfg

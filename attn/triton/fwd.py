@@ -19,7 +19,7 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: A
     out = empty((batch, seqlen_q, n_heads, head_dim), q.dtype, q.device)
     lse = empty((batch, n_heads, seqlen_q), torch.float32, q.device)
     block_d = head_dim_bucket(head_dim)
-    cfg = forward_config(block_d, q.dtype)
+    cfg = forward_config(block_d, q.dtype, has_bias=spec.bias is not None)
     left, right = window_bounds(spec, seqlen_q, seqlen_k)
     bias = spec.bias if spec.bias is not None else lse
     bias_strides = spec.bias.stride() if spec.bias is not None else (0, 0, 0, 0)
@@ -41,3 +41,32 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: A
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out, lse
+
+
+def forward_aot_configs():
+    """Every forward configuration the launcher can pick: head-dim bucket x dtype (causal,
+    windows and Sk boundaries are runtime arguments of one binary), the bias variant (its own
+    tile shape) for every bucket, and softcap/ALiBi once (they add a few ALU ops, no operand)."""
+    from attn.triton.aot import TRITON_TYPES, AotConfig
+    from attn.triton.configs import HEAD_DIM_BUCKETS
+
+    variants = [(dtype, block_d, "", {}) for dtype in TRITON_TYPES for block_d in HEAD_DIM_BUCKETS]
+    variants += [(torch.float16, block_d, "-bias", {"HAS_BIAS": True}) for block_d in HEAD_DIM_BUCKETS]
+    variants += [(torch.float16, 128, "-softcap", {"HAS_SOFTCAP": True}), (torch.float16, 128, "-alibi", {"HAS_ALIBI": True})]
+    for dtype, block_d, suffix, flags in variants:
+        ty = TRITON_TYPES[dtype]
+        cfg = forward_config(block_d, dtype, has_bias=bool(flags.get("HAS_BIAS")))
+        constexprs = {"BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_D": block_d,
+                      "HAS_SOFTCAP": False, "HAS_ALIBI": False, "HAS_BIAS": False,
+                      "DOT_FP32": False, "PRECISION": "ieee" if dtype == torch.float32 else "tf32"}
+        constexprs.update(flags)
+        yield AotConfig(
+            name=f"fwd-d{block_d}-{ty}{suffix}",
+            kernel="attn.triton._fwd_kernel:_attn_fwd_kernel",
+            pointers={"Q": ty, "K": ty, "V": ty, "Out": ty, "Lse": "fp32", "Bias": "fp32", "Alibi": "fp32"},
+            floats=("sm_scale", "softcap"),
+            constexprs=constexprs,
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+            tensor_cores=dtype != torch.float32,
+        )
