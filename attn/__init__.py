@@ -2,12 +2,13 @@
 from attn import reference
 from attn._backends import BackendInfo, available_backends, use_backend
 from attn.interface import flash_attn_func, scaled_dot_product_attention
-from attn.modules import MultiheadAttention
+from attn.modules import CausalSelfAttention, MultiheadAttention
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendInfo",
+    "CausalSelfAttention",
     "MultiheadAttention",
     "available_backends",
     "flash_attn_func",
