@@ -213,3 +213,21 @@ def test_register_adds_both_functions_and_checks_the_name():
     with pytest.raises(TypeError, match="argument 'name' expected a non-empty str"):
         attn_hf.register("")
 
+
+
+def test_kernel_per_step(monkeypatch):
+    """Unpadded generation: prefill on the causal forward kernel, each new token on the decode
+    kernel; a left-padded batch runs the masked path."""
+    calls = []
+    for name in ("flash_attn_func", "flash_attn_with_kvcache", "scaled_dot_product_attention"):
+        original = getattr(attn_hf, name)
+        monkeypatch.setattr(attn_hf, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    _, ours = _models("llama", AUTO)
+    ids, mask = _prompt(1)
+    ours.generate(ids, attention_mask=mask, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    layers = ours.config.num_hidden_layers
+    assert calls == ["flash_attn_func"] * layers + ["flash_attn_with_kvcache"] * 2 * layers
+    calls.clear()
+    ids, mask = _prompt(2)
+    ours.generate(ids, attention_mask=mask, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert calls == ["scaled_dot_product_attention"] * 3 * layers

@@ -12,9 +12,9 @@ The mask function builds PyTorch-SDPA masks (bool, True = attend), and returns `
 the mask is plain causal, so unpadded prefill and decode run the fused kernels without a mask.
 The attention function picks a kernel per call:
 
-* no mask, one query block and no cache: the causal forward kernel (``flash_attn_func``);
-* no mask, a few queries against a longer cache (decode): the same kernel, causal bottom-right
-  (query ``i`` sees cache positions ``<= i + Lk - Lq``);
+* no mask and as many keys as queries (prefill): the causal forward kernel (``flash_attn_func``);
+* no mask and one query against a cache (decode): the split-KV decode kernel
+  (``flash_attn_with_kvcache``) over the whole cache;
 * a mask (padded batch, sliding window past its width, static cache): the masked path
   (:func:`attn.scaled_dot_product_attention` with the bool mask).
 
@@ -28,6 +28,7 @@ from typing import Optional
 import torch
 
 from attn.interface import flash_attn_func, scaled_dot_product_attention
+from attn.kvcache_api import flash_attn_with_kvcache
 
 DEFAULT_NAME = "attn_triton"
 
@@ -72,16 +73,16 @@ def attention_forward(
     q, k, v = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # (B, L, H, D) views
 
     if attention_mask is None:
-        if causal and 1 < seqlen_q < seqlen_k:
-            # transformers skips the mask here only when the cache was empty (an empty static
-            # cache, top-left causal): the keys past Lq are unwritten slots.
-            k, v = k[:, :seqlen_q], v[:, :seqlen_q]
         window = (sliding_window - 1, 0) if causal and sliding_window else (-1, -1)
-        out = flash_attn_func(
-            q, k, v, dropout_p=dropout, softmax_scale=scaling, causal=bool(causal), window_size=window,
-            softcap=softcap or 0.0, backend=backend,
-        )
-        return out, None
+        options = dict(softmax_scale=scaling, causal=bool(causal), window_size=window, softcap=softcap or 0.0,
+                       backend=backend)
+        if causal and seqlen_q == 1 < seqlen_k and not dropout:
+            return flash_attn_with_kvcache(q, k, v, **options), None
+        if causal and 1 < seqlen_q < seqlen_k:
+            # Several queries against a cache come without a mask only when the cache was empty
+            # (an empty static cache, top-left causal): the keys past Lq are unwritten slots.
+            k, v = k[:, :seqlen_q], v[:, :seqlen_q]
+        return flash_attn_func(q, k, v, dropout_p=dropout, **options), None
 
     if softcap:
         _fail_kwarg("softcap", softcap)
