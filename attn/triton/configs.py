@@ -46,9 +46,23 @@ _FWD_32BIT = {
     256: TileConfig(16, 32, 8, 2),
 }
 
-# An additive bias tile is one more (BLOCK_M, BLOCK_N) fp32 operand per step. At D=128 it
-# spilled 128 B with 64-wide K/V tiles (and 364 B with BLOCK_M=64), none with 16-wide tiles.
-_BIAS_MAX_BLOCK_N = 16
+# With an additive bias (SDPA attn_mask) each step also loads a (BLOCK_M, BLOCK_N) fp32 tile.
+# At D=128 that spilled 128 B with 64-wide K/V tiles and none with 16-wide ones; at D=256 the
+# second pipeline stage no longer fits in registers (3.4 KB spilled), so one stage.
+_FWD_16BIT_BIAS = {
+    16: TileConfig(128, 16, 4, 3),
+    32: TileConfig(128, 16, 4, 3),
+    64: TileConfig(128, 16, 8, 3),
+    128: TileConfig(128, 16, 8, 3),
+    256: TileConfig(64, 16, 8, 1),
+}
+_FWD_32BIT_BIAS = {
+    16: TileConfig(32, 16, 4, 2),
+    32: TileConfig(32, 16, 4, 2),
+    64: TileConfig(32, 16, 4, 2),
+    128: TileConfig(32, 16, 8, 2),
+    256: TileConfig(16, 16, 8, 2),
+}
 
 
 def head_dim_bucket(head_dim: int) -> int:
@@ -59,7 +73,6 @@ def head_dim_bucket(head_dim: int) -> int:
 
 
 def forward_config(block_d: int, dtype: torch.dtype, has_bias: bool = False) -> TileConfig:
-    cfg = (_FWD_32BIT if dtype == torch.float32 else _FWD_16BIT)[block_d]
-    if has_bias and cfg.block_n > _BIAS_MAX_BLOCK_N:
-        cfg = TileConfig(cfg.block_m, _BIAS_MAX_BLOCK_N, cfg.num_warps, cfg.num_stages)
-    return cfg
+    if dtype == torch.float32:
+        return (_FWD_32BIT_BIAS if has_bias else _FWD_32BIT)[block_d]
+    return (_FWD_16BIT_BIAS if has_bias else _FWD_16BIT)[block_d]

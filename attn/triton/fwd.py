@@ -51,7 +51,8 @@ def forward_aot_configs():
     from attn.triton.configs import HEAD_DIM_BUCKETS
 
     variants = [(dtype, block_d, "", {}) for dtype in TRITON_TYPES for block_d in HEAD_DIM_BUCKETS]
-    variants += [(torch.float16, block_d, "-bias", {"HAS_BIAS": True}) for block_d in HEAD_DIM_BUCKETS]
+    variants += [(dtype, block_d, "-bias", {"HAS_BIAS": True})
+                 for dtype in (torch.float16, torch.float32) for block_d in HEAD_DIM_BUCKETS]
     variants += [(torch.float16, 128, "-softcap", {"HAS_SOFTCAP": True}), (torch.float16, 128, "-alibi", {"HAS_ALIBI": True})]
     for dtype, block_d, suffix, flags in variants:
         ty = TRITON_TYPES[dtype]
