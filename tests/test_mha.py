@@ -133,10 +133,11 @@ def test_forward_triton_kernels(batch_first, mask, variant, dtype, device):
 
 
 @pytest.mark.parametrize("batch_first,mask,variant,backend", [
-    (False, "both", (24, 20, True), "torch"),
-    (True, "causal", (None, None, False), "torch"),
-    (True, "key_padding", (None, None, False), "reference"),
-    (False, "float_3d", (None, None, False), "reference"),
+    (False, "both", (24, 20, True), "triton"),
+    (True, "causal", (None, None, False), "triton"),
+    (True, "float_3d", (None, None, False), "triton"),
+    (False, "key_padding", (24, 20, True), "torch"),
+    (True, "bool_2d", (None, None, False), "reference"),
 ])
 def test_gradients_match_torch(batch_first, mask, variant, backend):
     """Gradients of inputs and of every parameter, fp32 (3x rule reduces to the fp32 bound)."""
@@ -242,14 +243,14 @@ def test_dropout_in_training_names_the_option():
 
 # ---- inside PyTorch's transformer layers ----------------------------------------------------
 
-def _layer_pair(kind, gen):
+def _layer_pair(kind, gen, backend=None):
     torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
     cls = nn.TransformerEncoderLayer if kind == "encoder" else nn.TransformerDecoderLayer
     ref = cls(d_model=E, nhead=H, dim_feedforward=48, dropout=0.0, batch_first=True)
     ours = copy.deepcopy(ref)
-    ours.self_attn = attn.MultiheadAttention.from_module(ref.self_attn)
+    ours.self_attn = attn.MultiheadAttention.from_module(ref.self_attn, backend=backend)
     if kind == "decoder":
-        ours.multihead_attn = attn.MultiheadAttention.from_module(ref.multihead_attn)
+        ours.multihead_attn = attn.MultiheadAttention.from_module(ref.multihead_attn, backend=backend)
     return ref, ours
 
 
@@ -260,11 +261,11 @@ def _layer_call(layer, kind, x, memory, pad):
     return layer(x, memory, tgt_mask=causal, tgt_is_causal=True, memory_key_padding_mask=pad)
 
 
-@pytest.mark.parametrize("kind", ["encoder", "decoder"])
-def test_inside_transformer_layers_training(kind):
+@pytest.mark.parametrize("kind,backend", [("encoder", "torch"), ("decoder", "triton")])
+def test_inside_transformer_layers_training(kind, backend):
     """Training mode (no fast path): outputs and every gradient match PyTorch's layer."""
     gen = torch.Generator().manual_seed(11)
-    ref, ours = _layer_pair(kind, gen)
+    ref, ours = _layer_pair(kind, gen, backend)
     x = torch.randn(B, L, E, generator=gen, dtype=torch.float64)
     memory = torch.randn(B, S, E, generator=gen, dtype=torch.float64)
     pad = torch.zeros(B, L if kind == "encoder" else S, dtype=torch.bool)

@@ -231,3 +231,24 @@ def test_kernel_per_step(monkeypatch):
     ids, mask = _prompt(2)
     ours.generate(ids, attention_mask=mask, max_new_tokens=3, min_new_tokens=3, do_sample=False)
     assert calls == ["scaled_dot_product_attention"] * 3 * layers
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_compiled_model_matches_eager(batch):
+    """torch.compile(fullgraph=True) over a whole Llama forward: no graph break, attn's op in the
+    graph, same logits."""
+    from torch._dynamo.backends.registry import lookup_backend
+
+    _, ours = _models("llama", TRITON)
+    ids, mask = _prompt(batch)
+    codes = []
+
+    def capture(gm, example_inputs):
+        codes.append(gm.code)
+        return lookup_backend("aot_eager")(gm, example_inputs)
+
+    with torch.no_grad():
+        want = ours(ids, attention_mask=mask).logits
+        got = torch.compile(lambda i, m: ours(i, attention_mask=m).logits, fullgraph=True, backend=capture)(ids, mask)
+    assert len(codes) == 1 and "torch.ops.attn." in codes[0]
+    assert_parity(got, want.double(), None)
