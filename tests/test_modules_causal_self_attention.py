@@ -119,9 +119,14 @@ def test_prefill_runs_the_forward_kernel_and_decode_the_decode_kernel(monkeypatc
     import attn.modules.causal_self_attention as csa
 
     calls = []
+    def counting(name, original):
+        def wrapper(q, *args, **kwargs):
+            calls.append((name, q.shape[1]))
+            return original(q, *args, **kwargs)
+        return wrapper
+
     for mod, name in ((csa, "flash_attn_func"), (attn.kvcache, "flash_attn_with_kvcache")):
-        original = getattr(mod, name)
-        monkeypatch.setattr(mod, name, lambda *a, _f=original, _n=name, **k: calls.append((_n, a[0].shape[1])) or _f(*a, **k))
+        monkeypatch.setattr(mod, name, counting(name, getattr(mod, name)))
     module = _module(2, "reference")
     x = torch.randn(1, 7, E)
     with torch.no_grad():

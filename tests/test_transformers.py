@@ -13,7 +13,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-import transformers  # noqa: E402
 from transformers import (  # noqa: E402
     AttentionInterface,
     AttentionMaskInterface,
@@ -219,9 +218,15 @@ def test_kernel_per_step(monkeypatch):
     """Unpadded generation: prefill on the causal forward kernel, each new token on the decode
     kernel; a left-padded batch runs the masked path."""
     calls = []
+
+    def counting(name, original):
+        def wrapper(*args, **kwargs):
+            calls.append(name)
+            return original(*args, **kwargs)
+        return wrapper
+
     for name in ("flash_attn_func", "flash_attn_with_kvcache", "scaled_dot_product_attention"):
-        original = getattr(attn_hf, name)
-        monkeypatch.setattr(attn_hf, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
+        monkeypatch.setattr(attn_hf, name, counting(name, getattr(attn_hf, name)))
     _, ours = _models("llama", AUTO)
     ids, mask = _prompt(1)
     ours.generate(ids, attention_mask=mask, max_new_tokens=3, min_new_tokens=3, do_sample=False)
