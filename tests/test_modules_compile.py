@@ -12,6 +12,7 @@ from torch import nn
 from torch._dynamo.backends.registry import lookup_backend
 
 import attn
+from attn._decode_ops import flash_attn_decode
 from attn.models import GPT, GPTConfig
 from attn.testing import assert_parity
 
@@ -86,3 +87,43 @@ def test_gpt_forward():
     model = GPT(config, backend="triton")
     idx = torch.randint(0, 64, (B, L))
     _compiled_matches_eager(model, lambda: [idx], lambda m, i: m(i), False)
+
+
+# ---- decode ------------------------------------------------------------------------------------
+
+def _decode_args(paged):
+    gen = torch.Generator().manual_seed(4)
+    q = torch.randn(2, 1, 4, 16, generator=gen)
+    shape = (6, 4, 2, 16) if paged else (2, 24, 2, 16)  # 6 pages of 4 slots, or 24 slots per row
+    k_cache, v_cache = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+    seqlens = torch.tensor([5, 11], dtype=torch.int32)
+    block_table = torch.tensor([[3, 0, 5], [1, 4, 2]], dtype=torch.int32) if paged else None
+    return (q, k_cache, v_cache, seqlens, None, block_table, None, 0.25, True, -1, 0, 0.0, 0)
+
+
+@pytest.mark.parametrize("paged", [False, True])
+def test_decode_op_opcheck(paged):
+    """Schema, fake implementation and AOT dispatch of the decode op agree with the kernel."""
+    torch.library.opcheck(flash_attn_decode, _decode_args(paged))
+
+
+def test_gpt_decode_step():
+    """A decode step of the mini GPT through attn.KVCache, compiled: the cache append is traced,
+    the decode kernel is the op, and the compiled cache holds what the eager one holds."""
+    torch.manual_seed(5)
+    config = GPTConfig(vocab_size=64, max_seqlen=16, num_layers=2, num_heads=4, num_kv_heads=2, embed_dim=32)
+    model = GPT(config, backend="triton").eval()
+    capture = CaptureGraphs()
+    step = torch.compile(lambda tokens, cache: model(tokens, cache), fullgraph=True, backend=capture)
+    prompt = torch.randint(0, 64, (B, 5))
+    with torch.no_grad():
+        eager_cache, compiled_cache = model.make_cache(B, 8), model.make_cache(B, 8)
+        model(prompt, eager_cache)
+        model(prompt, compiled_cache)
+        for token in torch.randint(0, 64, (2, B, 1)):
+            want, got = model(token, eager_cache), step(token, compiled_cache)
+            assert_parity(got, want.double(), None)
+    assert compiled_cache.lengths(0) == eager_cache.lengths(0) == [7, 7]
+    for layer in range(config.num_layers):
+        assert torch.equal(compiled_cache.k_caches[layer], eager_cache.k_caches[layer])
+    assert capture.codes and all("torch.ops.attn.flash_attn_decode" in code for code in capture.codes)
