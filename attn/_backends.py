@@ -93,6 +93,12 @@ def available_backends() -> dict[str, BackendInfo]:
     return out
 
 
+def usable(name: str, device_type: str) -> bool:
+    """True when backend ``name`` can run calls on ``device_type`` tensors here."""
+    backend = load(name)
+    return not isinstance(backend, str) and device_type in backend.devices and backend.status(device_type) is None
+
+
 @contextlib.contextmanager
 def use_backend(name: Optional[str]) -> Iterator[None]:
     """Within the block, calls that pass ``backend=None`` use ``name``."""

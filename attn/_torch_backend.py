@@ -4,6 +4,10 @@ Both are differentiable through autograd and run on any device. "torch" calls
 ``torch.nn.functional.scaled_dot_product_attention`` with masks expressed as an additive bias,
 so it materializes nothing PyTorch would not; it cannot express ``softcap`` or return the LSE.
 "reference" runs :func:`attn.reference.attention` in fp32 and supports everything.
+
+PyTorch's fused CPU SDPA kernels turn a NaN input row into zeros; attn documents that NaN
+propagates, so "torch" hands inputs that contain NaN to the reference formula (one O(B·S·H·D)
+check per input, against the O(B·H·Sq·Sk·D) attention).
 """
 from __future__ import annotations
 
@@ -27,11 +31,14 @@ class TorchSDPABackend:
         return None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec):
+        if any(torch.isnan(t).any() for t in (q, k, v)):
+            return REFERENCE.forward(q, k, v, spec)[0], None
         batch, seqlen_q, n_heads, _ = q.shape
         seqlen_k, n_kv_heads = k.shape[1], k.shape[2]
         qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
         gqa = n_heads != n_kv_heads
-        simple_causal = spec.causal and not spec.bottom_right and spec.window_left < 0
+        # PyTorch's is_causal is top-left aligned; bottom-right coincides with it when Sq == Sk.
+        simple_causal = spec.causal and spec.window_left < 0 and (not spec.bottom_right or seqlen_q == seqlen_k)
         if spec.bias is None and spec.alibi_slopes is None and (not spec.has_window or simple_causal):
             out = F.scaled_dot_product_attention(
                 qt, kt, vt, is_causal=simple_causal, scale=spec.softmax_scale, enable_gqa=gqa
