@@ -103,6 +103,7 @@ def _check_forward(batch_first, mask, variant, dtype, need_weights, backend):
     _, (pt_out, pt_w) = _run(ref_mod, *args, dtype)
     _, (out, w) = _run(ours, *args, dtype)
     assert out.dtype == dtype
+    assert out.is_contiguous() or not pt_out.is_contiguous()  # callers may .view() PyTorch's output
     assert_parity(out, ref_out, _pt_term(dtype, pt_out))
     if need_weights:
         assert_parity(w, ref_w, _pt_term(dtype, pt_w), what="weights")

@@ -188,9 +188,9 @@ class MultiheadAttention(nn.MultiheadAttention):
                 qh, kh, vh, attn_mask=mask, dropout_p=dropout_p, is_causal=use_causal_kernel, backend=self.backend
             )
         out = out.transpose(1, 2).reshape(batch, seqlen_q, self.embed_dim)
-        out = self.out_proj(out)
-        if not self.batch_first or not batched:
+        if not self.batch_first or not batched:  # back to (L, B, E), contiguous like PyTorch's output
             out = out.transpose(0, 1)
+        out = self.out_proj(out)
         if not batched:
             out = out.squeeze(1)
             weights = weights.squeeze(0) if weights is not None else None
