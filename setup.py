@@ -1,10 +1,170 @@
-"""Builds the package. Compiled extensions are added by the build helpers below.
+"""Builds the package. Compiled extensions are added by the build helpers below, one per module.
 
 Build settings (environment variables, documented in README.md):
   ATTN_CUDA_ARCHS      semicolon-separated SM versions for attn._cuda (default "80;90")
   ATTN_SKIP_CUDA_BUILD =1 skips attn._cuda even when nvcc is found
-  MAX_JOBS             parallel compile jobs
-"""
-from setuptools import setup
+  MAX_JOBS             parallel compile jobs (default: CPU count)
+  CUDA_HOME            CUDA install to take nvcc and cuda_fp16.h from (default: nvcc on PATH,
+                       then /usr/local/cuda)
+  CXX                  host C++ compiler (default g++)
 
-setup()
+No torch at build time: the extensions take data pointers, sizes and strides as integers.
+A missing toolchain skips its extension with a message (the backend then says why it is
+unavailable in attn.available_backends()); a compile error fails the build.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+# One file per head dim, so that they compile in parallel.
+_FWD_INSTANTIATIONS = sorted(str(p) for p in Path("csrc/attention").glob("fwd_hdim*.cu"))
+# -O2: emulated kernels run on the host, so optimization is test speed; -fno-strict-aliasing:
+# kernels reinterpret 16-bit element arrays as 32-bit registers (DESIGN.md §5).
+HOST_FLAGS = ["-O2", "-std=c++17", "-fPIC", "-fvisibility=hidden", "-fno-strict-aliasing", "-Wall"]
+
+
+def _say(message: str) -> None:
+    print(f"attn setup: {message}", file=sys.stderr)
+
+
+def _cxx() -> str | None:
+    return shutil.which(os.environ.get("CXX", "g++"))
+
+
+def _cuda_home() -> Path | None:
+    """CUDA_HOME, CUDA_PATH, the install that nvcc on PATH belongs to, or /usr/local/cuda:
+    the first that holds include/cuda_runtime.h."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(Path(nvcc).resolve().parent.parent)
+    candidates.append("/usr/local/cuda")
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "include" / "cuda_runtime.h").exists():
+            return Path(candidate)
+    return None
+
+
+def _cuda_headers() -> Path | None:
+    """A directory with cuda_fp16.h/cuda_bf16.h: the CUDA install, else a pip-installed
+    NVIDIA runtime package (nvidia-cuda-runtime-cu12 and similar) on sys.path."""
+    home = _cuda_home()
+    candidates = [home / "include"] if home else []
+    for entry in sys.path:
+        nvidia = Path(entry) / "nvidia"
+        if nvidia.is_dir():
+            candidates += sorted(nvidia.glob("*/include"))
+    for candidate in candidates:
+        if (candidate / "cuda_fp16.h").exists() and (candidate / "cuda_bf16.h").exists():
+            return candidate
+    return None
+
+
+class CompiledExtension(Extension):
+    """An extension whose sources are compiled with `compile_cmd(source)` and linked by the
+    host compiler with `link_flags`."""
+
+    def __init__(self, name, sources, compile_cmd, link_flags=()):
+        super().__init__(name, sources)
+        self.compile_cmd = compile_cmd
+        self.link_flags = list(link_flags)
+
+
+def _python_includes() -> list[str]:
+    import pybind11  # from build-system.requires
+
+    return ["-I" + sysconfig.get_paths()["include"], "-I" + pybind11.get_include()]
+
+
+def cuda_sim_extension() -> Extension | None:
+    """attn._cuda_sim: the CUDA kernel sources compiled by the host compiler against the SIMT
+    emulator (csrc/simt), for running the kernels on CPU tensors."""
+    cxx, headers = _cxx(), _cuda_headers()
+    if cxx is None or headers is None:
+        _say("skipping attn._cuda_sim: " + ("no g++ (set CXX)" if cxx is None else
+             "cuda_fp16.h not found (install CUDA or nvidia-cuda-runtime, or set CUDA_HOME)"))
+        return None
+    _say(f"attn._cuda_sim: {cxx}, CUDA headers from {headers}")
+    sources = [
+        "csrc/simt/emulator.cpp", "csrc/simt/fiber.cpp", "csrc/simt/selftest.cpp",
+        "csrc/attention/sim_bindings.cpp", "csrc/attention/fwd_launch.cu", *_FWD_INSTANTIATIONS,
+    ]
+
+    def compile_cmd(source: str) -> list[str]:
+        language = ["-x", "c++"] if source.endswith(".cu") else []
+        return [cxx, *HOST_FLAGS, *_python_includes(), f"-I{headers}", *language, "-c", source]
+
+    return CompiledExtension("attn._cuda_sim", sources, compile_cmd, ["-lpthread"])
+
+
+def cuda_extension() -> Extension | None:
+    """attn._cuda: the forward kernels compiled by nvcc for ATTN_CUDA_ARCHS."""
+    if os.environ.get("ATTN_SKIP_CUDA_BUILD") == "1":
+        _say("skipping attn._cuda: ATTN_SKIP_CUDA_BUILD=1")
+        return None
+    home, cxx = _cuda_home(), _cxx()
+    nvcc = home / "bin" / "nvcc" if home else None
+    if nvcc is None or not nvcc.exists() or cxx is None:
+        _say("skipping attn._cuda: " + ("no g++ (set CXX)" if cxx is None else
+             "nvcc not found (put it on PATH or set CUDA_HOME)"))
+        return None
+    archs = [a.strip() for a in os.environ.get("ATTN_CUDA_ARCHS", "80;90").split(";") if a.strip()]
+    _say(f"attn._cuda: {nvcc} for sm_{', sm_'.join(archs)}")
+    gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+    gencode.append(f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}")  # PTX for newer GPUs
+    sources = [
+        "csrc/attention/bindings.cpp", "csrc/attention/fwd_launch.cu", *_FWD_INSTANTIATIONS,
+    ]
+
+    def compile_cmd(source: str) -> list[str]:
+        if source.endswith(".cu"):
+            return [str(nvcc), "-O3", "-std=c++17", "--use_fast_math", *gencode,
+                    f"-ccbin={cxx}", "-Xcompiler=-fPIC,-fvisibility=hidden", "-c", source]
+        return [cxx, *HOST_FLAGS, *_python_includes(), f"-I{home / 'include'}", "-c", source]
+
+    libdir = home / "lib64" if (home / "lib64").exists() else home / "lib"
+    return CompiledExtension("attn._cuda", sources, compile_cmd,
+                             [f"-L{libdir}", "-lcudart_static", "-ldl", "-lpthread", "-lrt"])
+
+
+class BuildExt(build_ext):
+    """Compiles each extension's sources in parallel (MAX_JOBS) and links them."""
+
+    def build_extension(self, ext):
+        start = time.perf_counter()
+        build_dir = Path(self.build_temp) / ext.name
+        build_dir.mkdir(parents=True, exist_ok=True)
+        objects = [str(build_dir / (Path(src).name + ".o")) for src in ext.sources]
+        jobs = int(os.environ.get("MAX_JOBS") or os.cpu_count() or 1)
+
+        headers = [p for p in Path("csrc").rglob("*") if p.suffix in (".h", ".cuh")]
+        newest_header = max((p.stat().st_mtime for p in headers), default=0.0)
+
+        def compile_one(pair):
+            source, obj = pair
+            if Path(obj).exists() and Path(obj).stat().st_mtime > max(Path(source).stat().st_mtime, newest_header):
+                return  # up to date (in-place rebuilds while developing)
+            subprocess.run([*ext.compile_cmd(source), "-o", obj], check=True)
+
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            list(pool.map(compile_one, zip(ext.sources, objects)))
+        output = Path(self.get_ext_fullpath(ext.name))
+        output.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([_cxx(), "-shared", *objects, "-o", str(output), *ext.link_flags], check=True)
+        _say(f"built {ext.name} in {time.perf_counter() - start:.0f} s ({jobs} jobs)")
+
+
+setup(
+    ext_modules=[ext for ext in (cuda_sim_extension(), cuda_extension()) if ext is not None],
+    cmdclass={"build_ext": BuildExt},
+)

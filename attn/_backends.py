@@ -24,10 +24,13 @@ _REGISTRY: dict[str, str] = {
     "triton": "attn.triton.backend:BACKEND",
     "torch": "attn._torch_backend:TORCH",
     "reference": "attn._torch_backend:REFERENCE",
+    "cuda": "attn._cuda_backend:CUDA",
+    "cuda-sim": "attn._cuda_backend:CUDA_SIM",
 }
 
 # Order tried by "auto", per device type. The Triton interpreter is never picked automatically
-# on CPU: it is a correctness tool, orders of magnitude slower than PyTorch there.
+# on CPU: it is a correctness tool, orders of magnitude slower than PyTorch there; neither is
+# "cuda-sim" (the CUDA kernel run by the SIMT emulator), for the same reason.
 _AUTO_ORDER = {
     "cuda": ("cuda", "triton", "torch", "reference"),
     "cpu": ("cpu", "torch", "reference"),
