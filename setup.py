@@ -3,6 +3,7 @@
 Build settings (environment variables, documented in README.md):
   ATTN_CUDA_ARCHS      semicolon-separated SM versions for attn._cuda (default "80;90")
   ATTN_SKIP_CUDA_BUILD =1 skips attn._cuda even when nvcc is found
+  ATTN_SKIP_CPU_BUILD  =1 skips attn._cpu (the "cpu" backend then says it is unavailable)
   MAX_JOBS             parallel compile jobs (default: CPU count)
   CUDA_HOME            CUDA install to take nvcc and cuda_fp16.h from (default: nvcc on PATH,
                        then /usr/local/cuda)
@@ -137,6 +138,32 @@ def cuda_extension() -> Extension | None:
                              [f"-L{libdir}", "-lcudart_static", "-ldl", "-lpthread", "-lrt"])
 
 
+def cpu_extension() -> Extension | None:
+    """attn._cpu: the C++ CPU kernels (csrc/cpu), OpenMP, no torch headers.
+
+    Every kernels_<isa>.cpp is compiled with the baseline flags; the AVX2 and AVX-512 files
+    switch their own target with a pragma and are chosen at run time from the CPU's features,
+    so one binary runs on any x86-64 (and the same sources build on aarch64). -O3 because these
+    kernels are the speed path; -ffp-contract=fast lets `a * b + c` on vectors become FMA
+    (-std=c++17 would otherwise forbid it); no -fopenmp on macOS (Apple clang lacks it: the
+    kernels then run on one thread).
+    """
+    if os.environ.get("ATTN_SKIP_CPU_BUILD") == "1":
+        _say("skipping attn._cpu: ATTN_SKIP_CPU_BUILD=1")
+        return None
+    cxx = _cxx()
+    if cxx is None:
+        _say("skipping attn._cpu: no g++ (set CXX)")
+        return None
+    openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
+    sources = sorted(str(p) for p in Path("csrc/cpu").glob("*.cpp"))
+
+    def compile_cmd(source: str) -> list[str]:
+        return [cxx, *HOST_FLAGS, "-O3", "-ffp-contract=fast", *openmp, *_python_includes(), "-c", source]
+
+    return CompiledExtension("attn._cpu", sources, compile_cmd, openmp)
+
+
 class BuildExt(build_ext):
     """Compiles each extension's sources in parallel (MAX_JOBS) and links them."""
 
@@ -165,6 +192,6 @@ class BuildExt(build_ext):
 
 
 setup(
-    ext_modules=[ext for ext in (cuda_sim_extension(), cuda_extension()) if ext is not None],
+    ext_modules=[ext for ext in (cuda_sim_extension(), cuda_extension(), cpu_extension()) if ext is not None],
     cmdclass={"build_ext": BuildExt},
 )

@@ -19,9 +19,12 @@ import importlib
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
 
+import torch
+
 # name -> "module:attribute" of the backend object
 _REGISTRY: dict[str, str] = {
     "triton": "attn.triton.backend:BACKEND",
+    "cpu": "attn._cpu_backend:CPU",
     "torch": "attn._torch_backend:TORCH",
     "reference": "attn._torch_backend:REFERENCE",
     "cuda": "attn._cuda_backend:CUDA",
@@ -135,7 +138,14 @@ def _supporters(op: str, option: str) -> list[str]:
 
 def select(fn: str, requested: Optional[str], device_type: str, op: str, options: Iterable[str]):
     """Picks the backend for one call; raises a clear error when the choice cannot work."""
-    options = list(options)
+    return load(_select_name(fn, requested, device_type, op, tuple(options)))
+
+
+# Under torch.compile the choice is made once, while tracing (it depends only on Python values:
+# the arguments, the registry and use_backend's context variable), and the traced graph keeps
+# the chosen backend's ops; Dynamo could not trace the context variable or the lazy import.
+@torch.compiler.assume_constant_result
+def _select_name(fn: str, requested: Optional[str], device_type: str, op: str, options: tuple[str, ...]) -> str:
     if requested is None:
         requested = _current.get()
     if requested is None or requested == "auto":
@@ -151,7 +161,7 @@ def select(fn: str, requested: Optional[str], device_type: str, op: str, options
             if why is None:
                 why_not = _missing(backend, op, options)
                 if why_not is None:
-                    return backend
+                    return name
                 why = f"does not support '{why_not}'"
             tried.append(f"{name} ({why})")
         raise NotImplementedError(f"{fn}: no backend can run this call on {device_type} tensors: " + "; ".join(tried))
@@ -173,4 +183,4 @@ def select(fn: str, requested: Optional[str], device_type: str, op: str, options
             f"{fn}: option '{option}' is not supported by backend '{requested}'; "
             f"backends that support it: {_supporters(op, option) or 'none'}"
         )
-    return backend
+    return requested

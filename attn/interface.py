@@ -43,6 +43,8 @@ def flash_attn_func(
     bottom-right (query ``i`` sees keys ``j <= i + Sk - Sq``), rows that see nothing output 0.
     Returns ``out (B, Sq, H, D)``, or ``(out, lse, None)`` with ``return_attn_probs=True``
     (``lse`` fp32 ``(B, H, Sq)``, natural log).
+    Differentiable w.r.t. ``q``, ``k``, ``v`` (through ``out`` and ``lse``); ``alibi_slopes`` gets
+    no gradient. The Triton backward uses no atomics: it is deterministic either way.
     """
     fn = "flash_attn_func"
     V.check_attention_inputs(fn, q, k, v)
@@ -81,6 +83,7 @@ def scaled_dot_product_attention(
     ``query (B, H, Sq, D)``, ``key, value (B, Hkv, Sk, D)``; ``is_causal`` is aligned top-left;
     ``attn_mask`` is bool (True = attend) or additive float, broadcastable to ``(B, H, Sq, Sk)``.
     Unlike PyTorch's math path, a row whose keys are all masked outputs 0 instead of NaN.
+    Differentiable w.r.t. ``query``, ``key``, ``value``; a float ``attn_mask`` gets no gradient.
     """
     fn = "scaled_dot_product_attention"
     for name, t in (("query", query), ("key", key), ("value", value)):

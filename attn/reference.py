@@ -84,6 +84,48 @@ def alibi_bias(
     return -slopes * (i + off - j).abs().to(dtype)
 
 
+def scores(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    softmax_scale: Optional[float] = None,
+    causal: bool = False,
+    bottom_right: bool = True,
+    window_size: Tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
+    alibi_slopes: Optional[torch.Tensor] = None,
+    attn_mask: Optional[torch.Tensor] = None,
+    seqlens_k: Optional[torch.Tensor] = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Attention scores ``(B, H, Sq, Sk)`` in ``dtype``: scale, softcap, ALiBi, mask; invisible
+    pairs are -inf. Arguments as in :func:`attention`."""
+    batch, seqlen_q, n_heads, head_dim = q.shape
+    seqlen_k, n_kv_heads = k.shape[1], k.shape[2]
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
+    qc = q.to(dtype).transpose(1, 2)  # (B, H, Sq, D)
+    kc = k.to(dtype).transpose(1, 2).repeat_interleave(n_heads // n_kv_heads, dim=1)  # (B, H, Sk, D)
+
+    s = torch.matmul(qc, kc.transpose(-1, -2)) * scale
+    if softcap > 0:
+        s = softcap * torch.tanh(s / softcap)
+    if alibi_slopes is not None:
+        s = s + alibi_bias(
+            alibi_slopes, batch, n_heads, seqlen_q, seqlen_k,
+            bottom_right=bottom_right, seqlens_k=seqlens_k, dtype=dtype,
+        )
+    keep = visibility(
+        batch, seqlen_q, seqlen_k, causal=causal, bottom_right=bottom_right,
+        window_size=window_size, seqlens_k=seqlens_k, device=q.device,
+    )
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            keep = keep & attn_mask
+        else:
+            s = s + attn_mask.to(dtype)
+    return s.masked_fill(~keep, float("-inf"))
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -105,37 +147,17 @@ def attention(
     ``seqlens_k`` (``(B,)`` integers) limits each batch's keys to its first ``seqlens_k[b]``.
     Differentiable with respect to ``q``, ``k`` and ``v`` through autograd.
     """
-    batch, seqlen_q, n_heads, head_dim = q.shape
-    seqlen_k, n_kv_heads = k.shape[1], k.shape[2]
-    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
-    group = n_heads // n_kv_heads
-    qc = q.to(dtype).transpose(1, 2)  # (B, H, Sq, D)
-    kc = k.to(dtype).transpose(1, 2).repeat_interleave(group, dim=1)  # (B, H, Sk, D)
-    vc = v.to(dtype).transpose(1, 2).repeat_interleave(group, dim=1)
-
-    scores = torch.matmul(qc, kc.transpose(-1, -2)) * scale
-    if softcap > 0:
-        scores = softcap * torch.tanh(scores / softcap)
-    if alibi_slopes is not None:
-        scores = scores + alibi_bias(
-            alibi_slopes, batch, n_heads, seqlen_q, seqlen_k,
-            bottom_right=bottom_right, seqlens_k=seqlens_k, dtype=dtype,
-        )
-    keep = visibility(
-        batch, seqlen_q, seqlen_k, causal=causal, bottom_right=bottom_right,
-        window_size=window_size, seqlens_k=seqlens_k, device=q.device,
+    n_heads, n_kv_heads = q.shape[2], k.shape[2]
+    scores_ = scores(
+        q, k, softmax_scale=softmax_scale, causal=causal, bottom_right=bottom_right, window_size=window_size,
+        softcap=softcap, alibi_slopes=alibi_slopes, attn_mask=attn_mask, seqlens_k=seqlens_k, dtype=dtype,
     )
-    if attn_mask is not None:
-        if attn_mask.dtype == torch.bool:
-            keep = keep & attn_mask
-        else:
-            scores = scores + attn_mask.to(dtype)
-    scores = scores.masked_fill(~keep, float("-inf"))
+    vc = v.to(dtype).transpose(1, 2).repeat_interleave(n_heads // n_kv_heads, dim=1)  # (B, H, Sk, D)
 
-    lse = torch.logsumexp(scores.float(), dim=-1)  # (B, H, Sq), -inf where nothing is visible
-    row_max = scores.amax(dim=-1, keepdim=True)
+    lse = torch.logsumexp(scores_.float(), dim=-1)  # (B, H, Sq), -inf where nothing is visible
+    row_max = scores_.amax(dim=-1, keepdim=True)
     row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
-    probs = torch.exp(scores - row_max)
+    probs = torch.exp(scores_ - row_max)
     denom = probs.sum(dim=-1, keepdim=True)
     probs = probs / torch.where(denom == 0, torch.ones_like(denom), denom)
     out = torch.matmul(probs.to(dtype), vc)  # (B, H, Sq, D)

@@ -30,6 +30,13 @@ def _tanh(x):
 
 
 @triton.jit
+def _softcap_grad(qk, sm_scale, softcap):
+    """d(softcap * tanh(x / softcap)) / dx at ``x = sm_scale * qk``: ``1 - tanh^2`` (elementwise)."""
+    t = _tanh(qk * (sm_scale / softcap))
+    return 1.0 - t * t
+
+
+@triton.jit
 def _scores_log2(qk, offs_m, offs_n, diag_offset, sm_scale, softcap, alibi_slope,
                  HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr):
     """Raw ``q.k`` products -> scores in the log2 domain: scale, softcap, ALiBi."""
@@ -86,5 +93,30 @@ def _key_tile_bounds(row_first, row_last, seqlen_k, diag_offset, window_left, wi
     full_lo = tl.cdiv(tl.maximum(row_last + diag_offset - window_left, 0), BLOCK_N) * BLOCK_N
     full_lo = tl.minimum(tl.maximum(full_lo, start), end)
     full_hi = (tl.maximum(tl.minimum(row_first + diag_offset + window_right + 1, seqlen_k), 0) // BLOCK_N) * BLOCK_N
+    full_hi = tl.minimum(tl.maximum(full_hi, full_lo), end)
+    return start, full_lo, full_hi, end
+
+
+@triton.jit
+def _query_tile_bounds(col_first, col_last, seqlen_q, diag_offset, window_left, window_right,
+                       BLOCK_M: tl.constexpr):
+    """Query-tile ranges for key columns ``col_first..col_last`` (the transpose of
+    :func:`_key_tile_bounds`, for key-tile-major loops).
+
+    Query ``i`` sees key ``j`` when ``j - off - right <= i <= j - off + left``. Returns
+    (start, mid_lo, mid_hi, end), multiples of BLOCK_M: tiles in [mid_lo, mid_hi) lie inside
+    ``0..seqlen_q`` and every row there sees every column, so they skip masking; tiles in
+    [start, mid_lo) and [mid_hi, end) are masked; tiles outside [start, end) see none of the
+    columns and are never loaded.
+    """
+    q_lo = tl.maximum(col_first - diag_offset - window_right, 0)
+    q_hi = tl.minimum(col_last - diag_offset + window_left + 1, seqlen_q)
+    q_hi = tl.maximum(q_hi, q_lo)
+    start = (q_lo // BLOCK_M) * BLOCK_M
+    end = tl.cdiv(q_hi, BLOCK_M) * BLOCK_M
+    end = tl.where(q_hi > q_lo, end, start)
+    full_lo = tl.cdiv(tl.maximum(col_last - diag_offset - window_right, 0), BLOCK_M) * BLOCK_M
+    full_lo = tl.minimum(tl.maximum(full_lo, start), end)
+    full_hi = (tl.maximum(tl.minimum(col_first - diag_offset + window_left + 1, seqlen_q), 0) // BLOCK_M) * BLOCK_M
     full_hi = tl.minimum(tl.maximum(full_hi, full_lo), end)
     return start, full_lo, full_hi, end

@@ -38,6 +38,9 @@ class AotConfig:
     num_warps: int
     num_stages: int
     tensor_cores: bool = True  # expect mma/wgmma in the PTX
+    # sm_90: expect wgmma; False where the tiles are narrower than wgmma's 64-row warpgroup tile
+    # (chosen to avoid spills) and tensor cores are used through mma.sync instead
+    wgmma: bool = True
     extra: dict = field(default_factory=dict)
 
 
@@ -104,15 +107,17 @@ def compile_config(cfg: AotConfig, arch: int) -> dict:
         "mma": bool(re.search(r"\bmma\.sync", ptx)),
         "wgmma": "wgmma" in ptx,
         "tensor_cores_expected": cfg.tensor_cores,
+        "wgmma_expected": cfg.wgmma,
     }
     result.update(_ptxas_report(ptx, arch))
     return result
 
 
 def configs() -> list[AotConfig]:
+    from attn.triton.bwd import backward_aot_configs
     from attn.triton.fwd import forward_aot_configs
 
-    return list(forward_aot_configs())
+    return list(forward_aot_configs()) + list(backward_aot_configs())
 
 
 def main(argv=None) -> int:

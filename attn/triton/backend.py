@@ -3,17 +3,18 @@ from __future__ import annotations
 
 import torch
 
+from attn import _ops
 from attn._spec import AttentionSpec
 from attn.triton._fwd_kernel import _attn_fwd_kernel
 from attn.triton._launch import is_interpreting
-from attn.triton.fwd import attention_forward
 
 
 class TritonBackend:
     name = "triton"
     devices = frozenset({"cuda", "cpu"})
     capabilities = {
-        "forward": frozenset({"causal", "window_size", "softcap", "alibi_slopes", "attn_mask", "return_lse"}),
+        "forward": frozenset({"causal", "window_size", "softcap", "alibi_slopes", "attn_mask", "return_lse",
+                              "backward"}),
     }
 
     def status(self, device_type: str):
@@ -28,7 +29,8 @@ class TritonBackend:
         return None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec):
-        return attention_forward(q, k, v, spec)
+        # Through the custom op: differentiable, and opaque to torch.compile (no graph break).
+        return _ops.attention(q, k, v, spec, "triton")
 
 
 BACKEND = TritonBackend()

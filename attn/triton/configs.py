@@ -76,3 +76,70 @@ def forward_config(block_d: int, dtype: torch.dtype, has_bias: bool = False) -> 
     if dtype == torch.float32:
         return (_FWD_32BIT_BIAS if has_bias else _FWD_32BIT)[block_d]
     return (_FWD_16BIT_BIAS if has_bias else _FWD_16BIT)[block_d]
+
+
+@dataclass(frozen=True)
+class BackwardConfig:
+    """Tiles of the two backward kernels: ``dkdv`` (block_n keys per program, block_m-row query
+    tiles streamed) and ``dq`` (block_m queries per program, block_n-key tiles streamed)."""
+
+    dkdv: TileConfig
+    dq: TileConfig
+
+
+# Backward tiles, from `python -m attn.triton.aot` (ptxas -v) on sm_80 and sm_90: the widest
+# tiles with zero spills on both. The dK/dV program keeps K, V (BLOCK_N x D) and the fp32 dK, dV
+# accumulators (BLOCK_N x D) live across its whole loop, four tiles where the forward keeps one,
+# so its query tiles are short (16-32 rows, one stage). Up to D=64 its 64 key rows make every
+# dot a sm_90 wgmma; from D=128 on, every 64-row variant spilled (D=128: 8-24 B even with 8
+# warps; D=256: 500+ B), so it drops to 32 or 16 key rows with 8 warps and uses mma.sync on
+# sm_90 too. The dQ program is the forward's shape with one more dot (dP): 64 query rows up to
+# D=128 (8 warps from D=128: 4 spilled 24 B), 32 at D=256 (64 spilled 20 B).
+_BWD_16BIT = {
+    16: BackwardConfig(dkdv=TileConfig(16, 64, 4, 1), dq=TileConfig(64, 64, 4, 2)),
+    32: BackwardConfig(dkdv=TileConfig(32, 64, 4, 1), dq=TileConfig(64, 64, 4, 2)),
+    64: BackwardConfig(dkdv=TileConfig(16, 64, 4, 1), dq=TileConfig(64, 64, 4, 2)),
+    128: BackwardConfig(dkdv=TileConfig(16, 32, 8, 1), dq=TileConfig(64, 32, 8, 2)),
+    256: BackwardConfig(dkdv=TileConfig(16, 32, 8, 1), dq=TileConfig(32, 16, 8, 1)),
+}
+
+# With an additive bias each step also loads an fp32 (BLOCK_N, BLOCK_M) bias tile.
+_BWD_16BIT_BIAS = {
+    16: BackwardConfig(dkdv=TileConfig(32, 64, 4, 1), dq=TileConfig(64, 64, 4, 2)),
+    32: BackwardConfig(dkdv=TileConfig(32, 64, 4, 1), dq=TileConfig(64, 64, 4, 2)),
+    64: BackwardConfig(dkdv=TileConfig(16, 64, 8, 1), dq=TileConfig(64, 32, 4, 2)),
+    128: BackwardConfig(dkdv=TileConfig(16, 32, 8, 1), dq=TileConfig(64, 32, 8, 2)),
+    256: BackwardConfig(dkdv=TileConfig(16, 16, 8, 1), dq=TileConfig(32, 16, 8, 1)),
+}
+
+# fp32 inputs: exact FMA products (no tensor cores, no TF32) whose operands live in registers,
+# so tiles are small, as in the forward; ptxas's register budget moves unpredictably with the
+# warp count here (D=256 dK/dV spilled with 4 and 8 warps, not with 16), hence the mixed counts.
+_BWD_32BIT = {
+    16: BackwardConfig(dkdv=TileConfig(16, 16, 4, 1), dq=TileConfig(32, 16, 8, 2)),
+    32: BackwardConfig(dkdv=TileConfig(16, 16, 8, 1), dq=TileConfig(32, 32, 4, 2)),
+    64: BackwardConfig(dkdv=TileConfig(16, 32, 4, 1), dq=TileConfig(32, 32, 4, 2)),
+    128: BackwardConfig(dkdv=TileConfig(16, 32, 4, 1), dq=TileConfig(32, 16, 8, 2)),
+    256: BackwardConfig(dkdv=TileConfig(16, 16, 16, 1), dq=TileConfig(32, 16, 8, 2)),
+}
+_BWD_32BIT_BIAS = {
+    16: BackwardConfig(dkdv=TileConfig(16, 32, 4, 1), dq=TileConfig(32, 32, 4, 2)),
+    32: BackwardConfig(dkdv=TileConfig(16, 32, 4, 1), dq=TileConfig(32, 32, 4, 2)),
+    64: BackwardConfig(dkdv=TileConfig(16, 64, 8, 1), dq=TileConfig(32, 32, 4, 2)),
+    128: BackwardConfig(dkdv=TileConfig(16, 32, 16, 1), dq=TileConfig(32, 16, 8, 2)),
+    256: BackwardConfig(dkdv=TileConfig(16, 16, 4, 1), dq=TileConfig(32, 16, 8, 2)),
+}
+
+# Preprocess (Delta = rowsum(dO * O)), elementwise with 4 warps: 4096-element O and dO tiles,
+# 32 values of each per thread (64 rows x 256 columns spilled 40 B).
+_PREPROCESS_TILE_ELEMENTS = 4096
+
+
+def preprocess_block_m(block_d: int) -> int:
+    return min(64, _PREPROCESS_TILE_ELEMENTS // block_d)
+
+
+def backward_config(block_d: int, dtype: torch.dtype, has_bias: bool = False) -> BackwardConfig:
+    if dtype == torch.float32:
+        return (_BWD_32BIT_BIAS if has_bias else _BWD_32BIT)[block_d]
+    return (_BWD_16BIT_BIAS if has_bias else _BWD_16BIT)[block_d]
