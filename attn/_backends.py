@@ -7,7 +7,9 @@ A backend is an object with
 * ``capabilities``: for each op (``"forward"``, ``"decode"``) the optional features it honours
   (names from :meth:`attn._spec.AttentionSpec.options_in_use`, plus ``"backward"``);
 * ``status(device_type) -> Optional[str]``: ``None`` when usable for that device here, else why not;
-* one method per op it implements (``forward(q, k, v, spec) -> (out, lse)``, ...).
+* one method per op it implements (``forward(q, k, v, spec) -> (out, lse)``,
+  ``decode(q, k_cache, v_cache, seqlens_k, cache_batch_idx, block_table, spec, num_splits) -> (out, lse)``
+  on a validated, already-appended cache (see :mod:`attn.kvcache_api`), ...).
 
 Backends are imported lazily, so ``import attn`` never imports Triton or a compiled extension.
 """

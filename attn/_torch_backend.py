@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from attn import reference
+from attn import _cache_ops, reference
 from attn._spec import AttentionSpec
 
 _ALL_FORWARD = frozenset({"causal", "window_size", "softcap", "alibi_slopes", "attn_mask", "return_lse", "backward"})
@@ -65,7 +65,7 @@ class TorchSDPABackend:
 class ReferenceBackend:
     name = "reference"
     devices = frozenset({"cpu", "cuda"})
-    capabilities = {"forward": _ALL_FORWARD}
+    capabilities = {"forward": _ALL_FORWARD, "decode": _ALL_FORWARD - {"attn_mask", "backward"}}
 
     def status(self, device_type: str):
         if device_type == "cuda" and not torch.cuda.is_available():
@@ -77,6 +77,20 @@ class ReferenceBackend:
             q, k, v, softmax_scale=spec.softmax_scale, causal=spec.causal, bottom_right=spec.bottom_right,
             window_size=spec.window_size, softcap=spec.softcap, alibi_slopes=spec.alibi_slopes,
             attn_mask=spec.bias, dtype=torch.float32,
+        )
+        return out.to(q.dtype), lse
+
+    def decode(self, q, k_cache, v_cache, seqlens_k, cache_batch_idx, block_table, spec: AttentionSpec,
+               num_splits: int):
+        """Gathers the cache into logical ``(B, capacity, Hkv, D)`` K/V and runs the oracle with
+        per-sequence key lengths (``num_splits`` has no meaning here)."""
+        batch = q.shape[0]
+        k = _cache_ops.gather(k_cache, batch, cache_batch_idx, block_table)
+        v = _cache_ops.gather(v_cache, batch, cache_batch_idx, block_table)
+        out, lse = reference.attention(
+            q, k, v, softmax_scale=spec.softmax_scale, causal=spec.causal, bottom_right=True,
+            window_size=spec.window_size, softcap=spec.softcap, alibi_slopes=spec.alibi_slopes,
+            seqlens_k=seqlens_k, dtype=torch.float32,
         )
         return out.to(q.dtype), lse
 

@@ -154,3 +154,131 @@ def check_attn_mask(
     else:
         bias = mask.float()
     return bias.expand(shape)
+
+
+INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+def _check_index_tensor(fn: str, name: str, t: object, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    check_tensor(fn, name, t, rank=len(shape))
+    if t.dtype not in INDEX_DTYPES:
+        _fail(fn, name, "dtype int32 (or int64)", t.dtype, TypeError)
+    if tuple(t.shape) != shape:
+        _fail(fn, name, f"shape {shape}", tuple(t.shape))
+    if t.device != device:
+        _fail(fn, name, f"device {device} (from 'q')", t.device)
+    return t.to(torch.int32).contiguous()
+
+
+def check_kvcache_inputs(
+    fn: str,
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    k: Optional[torch.Tensor],
+    v: Optional[torch.Tensor],
+    cache_seqlens: object,
+    cache_batch_idx: Optional[torch.Tensor],
+    block_table: Optional[torch.Tensor],
+) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], int]:
+    """Checks the shapes, dtypes and devices of a ``flash_attn_with_kvcache`` call.
+
+    ``q (B, Sq, H, D)``; contiguous cache ``(B, S_max, Hkv, D)`` (``B_cache`` rows when
+    ``cache_batch_idx`` picks them) or paged cache ``(num_blocks, page_size, Hkv, D)`` with
+    ``block_table (B, max_blocks)``; new ``k, v (B, S_new, Hkv, D)``. Returns
+    ``(cache_seqlens, cache_batch_idx, block_table, capacity)``: index tensors as contiguous
+    int32 (``cache_seqlens=None`` means a full cache) ``(B,)``/``(B, max_blocks)`` and the longest sequence the cache can hold. Contents
+    (lengths in range, pages inside the pool) are checked by :func:`check_kvcache_contents`.
+    """
+    check_attention_inputs(fn, q, q, q)
+    batch, _, n_heads, head_dim = q.shape
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        check_tensor(fn, name, t, rank=4)
+        if t.dtype != q.dtype:
+            _fail(fn, name, f"the same dtype as 'q' ({q.dtype})", t.dtype, TypeError)
+        if t.device != q.device:
+            _fail(fn, name, f"the same device as 'q' ({q.device})", t.device)
+        if t.stride(-1) != 1 and t.shape[-1] > 1:
+            _fail(fn, name, "a contiguous last dimension (stride 1)", f"stride {t.stride(-1)}")
+    if v_cache.shape != k_cache.shape:
+        _fail(fn, "v_cache", f"the same shape as 'k_cache' {tuple(k_cache.shape)}", tuple(v_cache.shape))
+    if k_cache.shape[0] < 1 or k_cache.shape[1] < 1:
+        _fail(fn, "k_cache", "non-empty first two dims (B_cache, S_max) or (num_blocks, page_size)",
+              tuple(k_cache.shape))
+    if k_cache.shape[3] != head_dim:
+        _fail(fn, "k_cache", f"head dim {head_dim} (from 'q') in its last dim", tuple(k_cache.shape))
+    n_kv_heads = k_cache.shape[2]
+    if n_kv_heads < 1 or n_heads % n_kv_heads != 0:
+        _fail(fn, "k_cache", f"a number of heads dividing the {n_heads} heads of 'q'", n_kv_heads)
+    if (k is None) != (v is None):
+        _fail(fn, "v" if v is None else "k", "a tensor when 'k'/'v' is given (both or neither)", None)
+    if k is not None:
+        check_attention_inputs(fn, q, k, v, names=("q", "k", "v"))
+        if k.shape[2] != k_cache.shape[2]:
+            _fail(fn, "k", f"{k_cache.shape[2]} heads like 'k_cache' in (B, S_new, Hkv, D)", tuple(k.shape))
+    if block_table is not None:
+        if cache_batch_idx is not None:
+            _fail(fn, "cache_batch_idx", "None with a paged cache (block_table maps sequences to pages)",
+                  "a tensor")
+        check_tensor(fn, "block_table", block_table, rank=2)
+        block_table = _check_index_tensor(fn, "block_table", block_table, (batch, block_table.shape[1]), q.device)
+        if block_table.shape[1] < 1:
+            _fail(fn, "block_table", "at least one page per sequence", tuple(block_table.shape))
+        capacity = block_table.shape[1] * k_cache.shape[1]
+    else:
+        if cache_batch_idx is not None:
+            cache_batch_idx = _check_index_tensor(fn, "cache_batch_idx", cache_batch_idx, (batch,), q.device)
+        elif k_cache.shape[0] != batch:
+            _fail(fn, "k_cache", f"batch size {batch} (from 'q') in (B, S_max, Hkv, D), or pass 'cache_batch_idx'",
+                  tuple(k_cache.shape))
+        capacity = k_cache.shape[1]
+    if cache_seqlens is None:  # flash-attn: the whole cache holds keys
+        cache_seqlens = capacity
+    if isinstance(cache_seqlens, int) and not isinstance(cache_seqlens, bool):
+        cache_seqlens = torch.full((batch,), cache_seqlens, dtype=torch.int32, device=q.device)
+    elif isinstance(cache_seqlens, torch.Tensor):
+        cache_seqlens = _check_index_tensor(fn, "cache_seqlens", cache_seqlens, (batch,), q.device)
+    else:
+        _fail(fn, "cache_seqlens", "an int or an int32 tensor of shape (B,)", type(cache_seqlens).__name__, TypeError)
+    return cache_seqlens, cache_batch_idx, block_table, capacity
+
+
+def check_kvcache_contents(
+    fn: str,
+    cache_seqlens: torch.Tensor,
+    new_len: int,
+    capacity: int,
+    cache_rows: int,
+    cache_batch_idx: Optional[torch.Tensor],
+    block_table: Optional[torch.Tensor],
+    page_size: int,
+) -> None:
+    """Checks index contents with one device->host transfer: ``0 <= cache_seqlens`` and
+    ``cache_seqlens + new_len <= capacity``; ``cache_batch_idx`` in ``[0, cache_rows)`` and, when
+    appending, without repeats; every page a sequence uses (``n < cache_seqlens + new_len``)
+    inside the pool ``[0, cache_rows)``."""
+    seqlens_k = cache_seqlens.long() + new_len
+    checks = [cache_seqlens.min() < 0, seqlens_k.max() > capacity]
+    if cache_batch_idx is not None:
+        checks += [(cache_batch_idx < 0).any() | (cache_batch_idx >= cache_rows).any()]
+        if new_len > 0:
+            checks += [torch.unique(cache_batch_idx).numel() != cache_batch_idx.numel()]
+    if block_table is not None:
+        used = torch.arange(block_table.shape[1], device=block_table.device).view(1, -1) * page_size
+        used = used < seqlens_k.view(-1, 1)
+        checks += [(used & ((block_table < 0) | (block_table >= cache_rows))).any()]
+    bad = torch.stack([torch.as_tensor(c, device=cache_seqlens.device) for c in checks]).tolist()
+    if bad[0]:
+        _fail(fn, "cache_seqlens", "values >= 0", cache_seqlens.tolist())
+    if bad[1]:
+        what = "appending " + str(new_len) + " tokens" if new_len else "attending"
+        _fail(fn, "cache_seqlens", f"cache_seqlens + {new_len} <= {capacity} (the cache's capacity) when {what}",
+              cache_seqlens.tolist())
+    if cache_batch_idx is not None:
+        if bad[2]:
+            _fail(fn, "cache_batch_idx", f"indices in [0, {cache_rows})", cache_batch_idx.tolist())
+        if new_len > 0 and bad[3]:
+            _fail(fn, "cache_batch_idx", "distinct indices when appending 'k'/'v'", cache_batch_idx.tolist())
+    if block_table is not None and bad[-1]:
+        _fail(fn, "block_table", f"page indices in [0, {cache_rows}) for every page in use",
+              f"out-of-pool pages in {block_table.tolist()}")

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
@@ -42,6 +43,10 @@ class AotConfig:
     # (chosen to avoid spills) and tensor cores are used through mma.sync instead
     wgmma: bool = True
     extra: dict = field(default_factory=dict)
+    # Arguments the JIT would specialize as multiples of 16 (aligned pointers, strides) in typical
+    # calls; without these hints loads are not vectorized and the compile is not what runs.
+    divisible: tuple = ()
+    maxnreg: Optional[int] = None  # ptxas register cap the launcher passes (None: not set)
 
 
 def _signature(fn, cfg: AotConfig) -> dict:
@@ -93,10 +98,12 @@ def compile_config(cfg: AotConfig, arch: int) -> dict:
 
     module_name, attr = cfg.kernel.split(":")
     fn = getattr(importlib.import_module(module_name), attr)
-    src = ASTSource(fn=fn, signature=_signature(fn, cfg), constexprs=dict(cfg.constexprs))
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names) if name in cfg.divisible}
+    src = ASTSource(fn=fn, signature=_signature(fn, cfg), constexprs=dict(cfg.constexprs), attrs=attrs)
     compiled = triton.compile(
         src, target=GPUTarget("cuda", arch, 32),
-        options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages},
+        options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages,
+                 **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {})},
     )
     ptx = compiled.asm["ptx"]
     result = {
@@ -115,9 +122,10 @@ def compile_config(cfg: AotConfig, arch: int) -> dict:
 
 def configs() -> list[AotConfig]:
     from attn.triton.bwd import backward_aot_configs
+    from attn.triton.decode_aot import decode_aot_configs
     from attn.triton.fwd import forward_aot_configs
 
-    return list(forward_aot_configs()) + list(backward_aot_configs())
+    return list(forward_aot_configs()) + list(backward_aot_configs()) + list(decode_aot_configs())
 
 
 def main(argv=None) -> int:

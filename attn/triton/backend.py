@@ -7,6 +7,7 @@ from attn import _ops
 from attn._spec import AttentionSpec
 from attn.triton._fwd_kernel import _attn_fwd_kernel
 from attn.triton._launch import is_interpreting
+from attn.triton.decode import attention_decode
 
 
 class TritonBackend:
@@ -15,6 +16,7 @@ class TritonBackend:
     capabilities = {
         "forward": frozenset({"causal", "window_size", "softcap", "alibi_slopes", "attn_mask", "return_lse",
                               "backward"}),
+        "decode": frozenset({"causal", "window_size", "softcap", "alibi_slopes", "return_lse"}),
     }
 
     def status(self, device_type: str):
@@ -31,6 +33,10 @@ class TritonBackend:
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec):
         # Through the custom op: differentiable, and opaque to torch.compile (no graph break).
         return _ops.attention(q, k, v, spec, "triton")
+
+    def decode(self, q, k_cache, v_cache, seqlens_k, cache_batch_idx, block_table, spec: AttentionSpec,
+               num_splits: int):
+        return attention_decode(q, k_cache, v_cache, seqlens_k, cache_batch_idx, block_table, spec, num_splits)
 
 
 BACKEND = TritonBackend()
