@@ -5,12 +5,15 @@ from attn.interface import flash_attn_func, scaled_dot_product_attention
 from attn.kvcache import KVCache, PageAllocator
 from attn.kvcache_api import flash_attn_with_kvcache
 from attn.merge import merge_attention_states
+from attn.modules import CausalSelfAttention, MultiheadAttention
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendInfo",
+    "CausalSelfAttention",
     "KVCache",
+    "MultiheadAttention",
     "PageAllocator",
     "available_backends",
     "flash_attn_func",

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from attn import _ops
+from attn import _decode_ops, _ops
 from attn._spec import AttentionSpec
 from attn.triton._fwd_kernel import _attn_fwd_kernel
 from attn.triton._launch import is_interpreting
-from attn.triton.decode import attention_decode
 
 
 class TritonBackend:
@@ -36,7 +35,8 @@ class TritonBackend:
 
     def decode(self, q, k_cache, v_cache, seqlens_k, cache_batch_idx, block_table, spec: AttentionSpec,
                num_splits: int):
-        return attention_decode(q, k_cache, v_cache, seqlens_k, cache_batch_idx, block_table, spec, num_splits)
+        # Through the custom op: opaque to torch.compile (no graph break).
+        return _decode_ops.decode(q, k_cache, v_cache, seqlens_k, cache_batch_idx, block_table, spec, num_splits)
 
 
 BACKEND = TritonBackend()

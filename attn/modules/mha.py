@@ -1,0 +1,249 @@
+"""``attn.MultiheadAttention``: ``torch.nn.MultiheadAttention`` computed with attn's kernels.
+
+A subclass, not a look-alike: ``nn.TransformerEncoderLayer``/``nn.TransformerDecoderLayer`` and
+user code that checks ``isinstance(m, nn.MultiheadAttention)`` keep working, and the state_dict
+is the parent's, so ``load_state_dict(torch_mha.state_dict(), strict=True)`` loads unchanged.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attn.interface import scaled_dot_product_attention
+
+_FN = "MultiheadAttention.forward"
+
+
+def _fail(name: str, expected: str, actual: object, exc: type = ValueError):
+    raise exc(f"{_FN}: argument '{name}' expected {expected}, got {actual}")
+
+
+def _keep_or_bias(mask: torch.Tensor) -> torch.Tensor:
+    """PyTorch's MHA convention (bool True = masked out, float = additive) -> SDPA's
+    (bool True = attend, float = additive)."""
+    return ~mask if mask.dtype == torch.bool else mask
+
+
+def _combine(a: Optional[torch.Tensor], b: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Intersects two SDPA-style masks: bool & bool stays bool, anything else adds as float."""
+    if a is None or b is None:
+        return a if b is None else b
+    if a.dtype == torch.bool and b.dtype == torch.bool:
+        return a & b
+    as_bias = [
+        torch.zeros(m.shape, dtype=torch.float32, device=m.device).masked_fill(~m, float("-inf"))
+        if m.dtype == torch.bool else m.float()
+        for m in (a, b)
+    ]
+    return as_bias[0] + as_bias[1]
+
+
+def _weights_path(q, k, v, mask, dropout_p: float):
+    """The reference path for ``need_weights=True``: explicit probabilities, fp32 softmax.
+
+    ``q (B, H, L, Dh)``, ``k, v (B, H, S, Dh)``, ``mask`` SDPA-style broadcastable to
+    ``(B, H, L, S)`` -> ``out (B, H, L, Dh)`` in q's dtype, ``probs (B, H, L, S)`` fp32.
+    Rows that see no key get zero probabilities (PyTorch's math path gives NaN)."""
+    scale = q.shape[-1] ** -0.5
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        else:
+            scores = scores + mask.float()
+    row_max = scores.amax(dim=-1, keepdim=True)
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    probs = torch.exp(scores - row_max)
+    denom = probs.sum(dim=-1, keepdim=True)
+    probs = probs / torch.where(denom == 0, torch.ones_like(denom), denom)
+    if dropout_p > 0:
+        probs = F.dropout(probs, p=dropout_p)
+    return torch.matmul(probs.to(v.dtype), v), probs
+
+
+class MultiheadAttention(nn.MultiheadAttention):
+    """Drop-in ``torch.nn.MultiheadAttention`` whose attention runs on attn's kernels.
+
+    Same constructor (plus keyword-only ``backend``, see :func:`attn.use_backend`), same
+    parameters and state_dict, same ``forward`` signature and mask conventions as PyTorch:
+    ``attn_mask`` ``(L, S)`` or ``(B * num_heads, L, S)`` and ``key_padding_mask`` ``(B, S)``
+    are bool (True = masked out, the opposite of SDPA) or additive float.
+
+    * ``need_weights=True`` (PyTorch's default) computes the attention weights on a reference
+      path in plain PyTorch (explicit ``(B, H, L, S)`` probabilities): the fused kernels never
+      materialize them. Pass ``need_weights=False`` to run the kernels.
+    * ``is_causal=True`` is a hint, as in PyTorch: without ``key_padding_mask`` and weights the
+      causal kernel runs and ``attn_mask`` is ignored; otherwise ``attn_mask`` is used. Unlike
+      PyTorch, ``attn_mask`` may be omitted with ``is_causal=True`` (top-left causal mask).
+    * A query whose keys are all masked outputs 0 (PyTorch gives NaN).
+    * ``dropout > 0`` in training mode raises ``NotImplementedError`` (no kernel has dropout).
+
+    Inside ``nn.TransformerEncoderLayer``: in inference (eval mode, no grad, batch_first, ...)
+    PyTorch's fast path calls its fused native kernel with this module's weights and never
+    calls this module. Disable it with ``torch.backends.mha.set_fastpath_enabled(False)`` to run
+    attn's kernels there; the outputs agree either way.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+        add_bias_kv: bool = False,
+        add_zero_attn: bool = False,
+        kdim: Optional[int] = None,
+        vdim: Optional[int] = None,
+        batch_first: bool = False,
+        device=None,
+        dtype=None,
+        *,
+        backend: Optional[str] = None,
+    ) -> None:
+        super().__init__(
+            embed_dim, num_heads, dropout=dropout, bias=bias, add_bias_kv=add_bias_kv,
+            add_zero_attn=add_zero_attn, kdim=kdim, vdim=vdim, batch_first=batch_first,
+            device=device, dtype=dtype,
+        )
+        self.backend = backend
+
+    @classmethod
+    def from_module(cls, module: nn.MultiheadAttention, *, backend: Optional[str] = None) -> MultiheadAttention:
+        """A copy of ``module`` (same configuration, weights, device, dtype and train/eval mode)."""
+        if not isinstance(module, nn.MultiheadAttention):
+            raise TypeError(
+                f"MultiheadAttention.from_module: argument 'module' expected a torch.nn.MultiheadAttention, "
+                f"got {type(module).__name__}"
+            )
+        weight = module.in_proj_weight if module._qkv_same_embed_dim else module.q_proj_weight
+        new = cls(
+            module.embed_dim, module.num_heads, dropout=module.dropout, bias=module.in_proj_bias is not None,
+            add_bias_kv=module.bias_k is not None, add_zero_attn=module.add_zero_attn, kdim=module.kdim,
+            vdim=module.vdim, batch_first=module.batch_first, device=weight.device, dtype=weight.dtype,
+            backend=backend,
+        )
+        new.load_state_dict(module.state_dict(), strict=True)
+        return new.train(module.training)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_padding_mask: Optional[torch.Tensor] = None,
+        need_weights: bool = True,
+        attn_mask: Optional[torch.Tensor] = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``query (L, B, E)`` / ``(B, L, E)`` with ``batch_first`` / unbatched ``(L, E)``;
+        ``key (S, B, kdim)``, ``value (S, B, vdim)`` alike. Returns ``(out, weights)`` with
+        ``weights`` ``(B, L, S)`` averaged over heads, ``(B, H, L, S)`` otherwise, or ``None``
+        when ``need_weights=False``."""
+        batched = self._check_inputs(query, key, value)
+        if not batched:
+            query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)
+        if not self.batch_first or not batched:  # (L, B, E) -> (B, L, E), a view
+            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+        batch, seqlen_q, _ = query.shape
+        n_heads, head_dim = self.num_heads, self.head_dim
+
+        q, k, v = self._project(query, key, value)  # (B, L, E), (B, S, E), (B, S, E)
+        if self.bias_k is not None:
+            k = torch.cat([k, self.bias_k.expand(batch, 1, -1)], dim=1)
+            v = torch.cat([v, self.bias_v.expand(batch, 1, -1)], dim=1)
+        q = q.view(batch, seqlen_q, n_heads, head_dim)
+        k = k.view(batch, k.shape[1], n_heads, head_dim)
+        v = v.view(batch, v.shape[1], n_heads, head_dim)
+        if self.add_zero_attn:
+            zeros = torch.zeros(batch, 1, n_heads, head_dim, dtype=k.dtype, device=k.device)
+            k, v = torch.cat([k, zeros], dim=1), torch.cat([v, zeros], dim=1)
+        seqlen_k = k.shape[1]
+        extra = seqlen_k - key.shape[1]  # columns appended by add_bias_kv / add_zero_attn, never masked
+
+        mask = self._merged_mask(attn_mask, key_padding_mask, batch, seqlen_q, key.shape[1], extra)
+        use_causal_kernel = is_causal and key_padding_mask is None and not need_weights
+        if use_causal_kernel:
+            mask = None
+        elif is_causal and attn_mask is None:
+            causal = torch.ones(seqlen_q, seqlen_k, dtype=torch.bool, device=q.device).tril()
+            mask = _combine(mask, causal)
+        dropout_p = self.dropout if self.training else 0.0
+
+        # (B, S, H, Dh) -> (B, H, S, Dh): views, the kernels take strided inputs.
+        qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        weights = None
+        if need_weights:
+            out, weights = _weights_path(qh, kh, vh, mask, dropout_p)
+            weights = weights.to(query.dtype)
+            if average_attn_weights:
+                weights = weights.mean(dim=1)
+        else:
+            out = scaled_dot_product_attention(
+                qh, kh, vh, attn_mask=mask, dropout_p=dropout_p, is_causal=use_causal_kernel, backend=self.backend
+            )
+        out = out.transpose(1, 2).reshape(batch, seqlen_q, self.embed_dim)
+        if not self.batch_first or not batched:  # back to (L, B, E), contiguous like PyTorch's output
+            out = out.transpose(0, 1)
+        out = self.out_proj(out)
+        if not batched:
+            out = out.squeeze(1)
+            weights = weights.squeeze(0) if weights is not None else None
+        return out, weights
+
+    def _check_inputs(self, query, key, value) -> bool:
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            if not isinstance(t, torch.Tensor):
+                _fail(name, "a torch.Tensor", type(t).__name__, TypeError)
+        if query.dim() not in (2, 3):
+            _fail("query", "a 3-D (batched) or 2-D (unbatched) tensor", f"shape {tuple(query.shape)}")
+        for name, t, width in (("query", query, self.embed_dim), ("key", key, self.kdim), ("value", value, self.vdim)):
+            if t.dim() != query.dim():
+                _fail(name, f"{query.dim()} dims like 'query'", f"shape {tuple(t.shape)}")
+            if t.shape[-1] != width:
+                _fail(name, f"last dim {width}", f"shape {tuple(t.shape)}")
+        if key.shape[:-1] != value.shape[:-1]:
+            _fail("value", f"the batch and sequence dims of 'key' {tuple(key.shape[:-1])}", tuple(value.shape))
+        if query.dim() == 3:
+            batch_axis = 0 if self.batch_first else 1
+            if key.shape[batch_axis] != query.shape[batch_axis]:
+                _fail("key", f"batch size {query.shape[batch_axis]} like 'query'", f"shape {tuple(key.shape)}")
+        return query.dim() == 3
+
+    def _project(self, query, key, value):
+        """In-projections ``(B, L, E_in) -> (B, L, E)``; one fused matmul for self-attention."""
+        bias = self.in_proj_bias
+        if self._qkv_same_embed_dim and query is key and key is value:
+            return F.linear(query, self.in_proj_weight, bias).chunk(3, dim=-1)
+        if self._qkv_same_embed_dim:
+            w_q, w_k, w_v = self.in_proj_weight.chunk(3)
+        else:
+            w_q, w_k, w_v = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
+        b_q, b_k, b_v = bias.chunk(3) if bias is not None else (None, None, None)
+        return F.linear(query, w_q, b_q), F.linear(key, w_k, b_k), F.linear(value, w_v, b_v)
+
+    def _merged_mask(self, attn_mask, key_padding_mask, batch: int, seqlen_q: int, seqlen_k: int, extra: int):
+        """PyTorch-convention masks -> one SDPA-style mask broadcastable to ``(B, H, L, S + extra)``."""
+        n_heads = self.num_heads
+        merged = None
+        if attn_mask is not None:
+            if attn_mask.dim() == 2 and tuple(attn_mask.shape) == (seqlen_q, seqlen_k):
+                attn_mask = attn_mask.view(1, 1, seqlen_q, seqlen_k)
+            elif attn_mask.dim() == 3 and tuple(attn_mask.shape) == (batch * n_heads, seqlen_q, seqlen_k):
+                attn_mask = attn_mask.view(batch, n_heads, seqlen_q, seqlen_k)
+            else:
+                _fail("attn_mask", f"shape ({seqlen_q}, {seqlen_k}) or ({batch * n_heads}, {seqlen_q}, {seqlen_k})",
+                      tuple(attn_mask.shape))
+            merged = _keep_or_bias(attn_mask)
+        if key_padding_mask is not None:
+            if tuple(key_padding_mask.shape) != (batch, seqlen_k):
+                _fail("key_padding_mask", f"shape ({batch}, {seqlen_k})", tuple(key_padding_mask.shape))
+            merged = _combine(merged, _keep_or_bias(key_padding_mask).view(batch, 1, 1, seqlen_k))
+        if merged is not None and extra:
+            merged = F.pad(merged, (0, extra), value=True if merged.dtype == torch.bool else 0.0)
+        return merged
