@@ -10,13 +10,30 @@ from attn import _validation as V
 from attn._spec import AttentionSpec
 
 
-def _needs_grad(*tensors: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+def needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def flash_spec(fn: str, q: torch.Tensor, *, softmax_scale, causal, window_size, softcap, alibi_slopes,
+               need_lse: bool, deterministic: bool = False) -> AttentionSpec:
+    """Validates flash-attn style options (bottom-right causal) into an AttentionSpec."""
+    left, right = V.check_window(fn, window_size)
+    return AttentionSpec(
+        softmax_scale=V.check_scale(fn, "softmax_scale", softmax_scale, q.shape[-1]),
+        causal=bool(causal),
+        window_left=left,
+        window_right=0 if causal else right,
+        bottom_right=True,
+        softcap=V.check_softcap(fn, softcap),
+        alibi_slopes=V.check_alibi(fn, alibi_slopes, q),
+        need_lse=bool(need_lse),
+        deterministic=bool(deterministic),
+    )
 
 
 def _run_forward(fn: str, q, k, v, spec: AttentionSpec, backend: Optional[str]):
     options = spec.options_in_use()
-    if _needs_grad(q, k, v):
+    if needs_grad(q, k, v):
         options.append("backward")
     impl = _backends.select(fn, backend, q.device.type, "forward", options)
     return impl.forward(q, k, v, spec)
@@ -50,18 +67,8 @@ def flash_attn_func(
     V.check_attention_inputs(fn, q, k, v)
     if V.check_dropout(fn, "dropout_p", dropout_p) > 0:
         raise NotImplementedError(f"{fn}: option 'dropout_p' > 0 is not supported by any backend yet")
-    left, right = V.check_window(fn, window_size)
-    spec = AttentionSpec(
-        softmax_scale=V.check_scale(fn, "softmax_scale", softmax_scale, q.shape[-1]),
-        causal=bool(causal),
-        window_left=left,
-        window_right=0 if causal else right,
-        bottom_right=True,
-        softcap=V.check_softcap(fn, softcap),
-        alibi_slopes=V.check_alibi(fn, alibi_slopes, q),
-        need_lse=bool(return_attn_probs),
-        deterministic=bool(deterministic),
-    )
+    spec = flash_spec(fn, q, softmax_scale=softmax_scale, causal=causal, window_size=window_size, softcap=softcap,
+                      alibi_slopes=alibi_slopes, need_lse=return_attn_probs, deterministic=deterministic)
     out, lse = _run_forward(fn, q, k, v, spec, backend)
     return (out, lse, None) if return_attn_probs else out
 

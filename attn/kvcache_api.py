@@ -12,7 +12,7 @@ import torch
 
 from attn import _backends, _cache_ops
 from attn import _validation as V
-from attn._spec import AttentionSpec
+from attn.interface import flash_spec, needs_grad
 
 
 def flash_attn_with_kvcache(
@@ -68,19 +68,10 @@ def flash_attn_with_kvcache(
     if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 0:
         V._fail(fn, "num_splits", "an int >= 0 (0 = heuristic)", repr(num_splits),
                 TypeError if not isinstance(num_splits, int) else ValueError)
-    left, right = V.check_window(fn, window_size)
-    spec = AttentionSpec(
-        softmax_scale=V.check_scale(fn, "softmax_scale", softmax_scale, q.shape[-1]),
-        causal=bool(causal),
-        window_left=left,
-        window_right=0 if causal else right,
-        bottom_right=True,
-        softcap=V.check_softcap(fn, softcap),
-        alibi_slopes=V.check_alibi(fn, alibi_slopes, q),
-        need_lse=bool(return_softmax_lse),
-    )
+    spec = flash_spec(fn, q, softmax_scale=softmax_scale, causal=causal, window_size=window_size, softcap=softcap,
+                      alibi_slopes=alibi_slopes, need_lse=return_softmax_lse)
     options = spec.options_in_use()
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v)):
+    if needs_grad(q, k, v):
         options.append("backward")
     impl = _backends.select(fn, backend, q.device.type, "decode", options)
     new_len = 0 if k is None else k.shape[1]
