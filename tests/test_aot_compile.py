@@ -21,12 +21,12 @@ ROOT = Path(__file__).resolve().parents[1]
 GROUPS = ["fwd-", "bwd-preprocess", "bwd-dkdv", "bwd-dq", "decode-"]
 
 
-def _compile_all(arch: int, prefix: str) -> list[dict]:
+def _compile_all(arch: int, prefix: str, full: bool = False) -> list[dict]:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
-        [sys.executable, "-m", "attn.triton.aot", "--arch", str(arch), "--filter", prefix],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=1200,
+        [sys.executable, "-m", "attn.triton.aot", "--arch", str(arch), "--filter", prefix] + (["--all"] if full else []),
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=3600,
     )
     assert proc.returncode == 0, f"AOT compile for sm_{arch} failed:\n{proc.stderr[-4000:]}"
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -39,12 +39,7 @@ def test_groups_cover_every_config():
         assert sum(cfg.name.startswith(g) for g in GROUPS) == 1, cfg.name
 
 
-@pytest.mark.parametrize("group", GROUPS)
-@pytest.mark.parametrize("arch", [80, 90])
-def test_every_config_compiles_without_spills(arch, group):
-    results = [r for r in _compile_all(arch, group) if r["name"].startswith(group)]
-    names = [r["name"] for r in results]
-    assert len(names) == len(set(names)) and len(names) >= 5, names
+def _problems(results: list[dict], arch: int) -> list[str]:
     problems = []
     for r in results:
         if r["shared"] > r["shared_limit"]:
@@ -56,4 +51,26 @@ def test_every_config_compiles_without_spills(arch, group):
         for key in ("spill_stores", "spill_loads", "stack"):
             if r[key] is None or r[key] != 0:
                 problems.append(f"{r['name']}: ptxas reports {key} = {r[key]}")
+    return problems
+
+
+@pytest.mark.parametrize("group", GROUPS)
+@pytest.mark.parametrize("arch", [80, 90])
+def test_every_config_compiles_without_spills(arch, group):
+    results = [r for r in _compile_all(arch, group) if r["name"].startswith(group)]
+    names = [r["name"] for r in results]
+    assert len(names) == len(set(names)) and len(names) >= 5, names
+    problems = _problems(results, arch)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", [80, 90])
+def test_every_decode_variant_compiles_without_spills(arch):
+    """The full decode sweep (~213 configurations per architecture)."""
+    from attn.triton.decode_aot import decode_aot_configs
+
+    results = [r for r in _compile_all(arch, "decode-", full=True) if r["name"].startswith("decode-")]
+    assert len(results) == len(list(decode_aot_configs(full=True)))
+    problems = _problems(results, arch)
     assert not problems, "\n".join(problems)

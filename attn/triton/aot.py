@@ -120,23 +120,26 @@ def compile_config(cfg: AotConfig, arch: int) -> dict:
     return result
 
 
-def configs() -> list[AotConfig]:
+def configs(full: bool = False) -> list[AotConfig]:
+    """The configurations CI compiles; ``full`` adds every decode variant (a covering subset
+    by default, the whole sweep takes ~20 CPU-minutes per architecture)."""
     from attn.triton.bwd import backward_aot_configs
     from attn.triton.decode_aot import decode_aot_configs
     from attn.triton.fwd import forward_aot_configs
 
-    return list(forward_aot_configs()) + list(backward_aot_configs()) + list(decode_aot_configs())
+    return list(forward_aot_configs()) + list(backward_aot_configs()) + list(decode_aot_configs(full=full))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, required=True, choices=sorted(SHARED_MEMORY_LIMIT))
     parser.add_argument("--filter", default="", help="only configurations whose name contains this")
+    parser.add_argument("--all", action="store_true", help="every decode variant, not the covering subset")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("attn.triton.aot must run without TRITON_INTERPRET=1", file=sys.stderr)
         return 2
-    for cfg in configs():
+    for cfg in configs(full=args.all):
         if args.filter in cfg.name:
             print(json.dumps(compile_config(cfg, args.arch)), flush=True)
     return 0

@@ -8,11 +8,7 @@ compiles a covering subset in which every value of every dimension appears (the 
 """
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
-import os
-import sys
 
 import torch
 
@@ -92,22 +88,3 @@ def decode_aot_configs(full: bool = False):
     for dtype, block_d in itertools.product((torch.float16, torch.bfloat16, torch.float32), HEAD_DIM_BUCKETS):
         if full or block_d in (HEAD_DIM_BUCKETS[0], HEAD_DIM_BUCKETS[-1]):
             yield _combine_config(dtype, block_d)
-
-
-def main(argv=None) -> int:
-    from attn.triton.aot import SHARED_MEMORY_LIMIT, compile_config
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", type=int, required=True, choices=sorted(SHARED_MEMORY_LIMIT))
-    parser.add_argument("--all", action="store_true", help="every configuration, not the covering subset")
-    args = parser.parse_args(argv)
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        print("attn.triton.decode_aot must run without TRITON_INTERPRET=1", file=sys.stderr)
-        return 2
-    for cfg in decode_aot_configs(full=args.all):
-        print(json.dumps(compile_config(cfg, args.arch)), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
