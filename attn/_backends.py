@@ -130,10 +130,13 @@ def _missing(backend, op: str, options: Iterable[str]) -> Optional[str]:
 
 
 def _supporters(op: str, option: str) -> list[str]:
+    """Backends that implement ``op`` with ``option`` (or ``op`` at all, when option is the op)."""
     found = []
     for name in _REGISTRY:
         backend = load(name)
-        if not isinstance(backend, str) and option in backend.capabilities.get(op, ()):
+        if isinstance(backend, str) or op not in backend.capabilities:
+            continue
+        if option == op or option in backend.capabilities[op]:
             found.append(name)
     return found
 
