@@ -44,6 +44,13 @@ class AttentionSpec:
     def diagonal_offset(self, seqlen_q: int, seqlen_k: int) -> int:
         return seqlen_k - seqlen_q if self.bottom_right else 0
 
+    def window_bounds(self, seqlen_q: int, seqlen_k: int) -> tuple[int, int]:
+        """(left, right) window widths for a kernel, "unbounded" (-1) replaced by a width no
+        query of ``seqlen_q`` rows against ``seqlen_k`` keys reaches."""
+        unbounded = seqlen_q + seqlen_k + 1
+        return (self.window_left if self.window_left >= 0 else unbounded,
+                self.window_right if self.window_right >= 0 else unbounded)
+
     def options_in_use(self) -> list[str]:
         """Names of the optional features this call uses (for capability checks)."""
         used = []

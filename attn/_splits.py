@@ -73,3 +73,18 @@ def num_splits_heuristic(batch: int, n_kv_heads: int, n_q_tiles: int, n_key_tile
     candidates = [s for s in range(1, max_splits + 1) if eligible(s)]
     best = max(efficiency(s) for s in candidates)
     return next(s for s in candidates if efficiency(s) >= _EFFICIENCY_TOLERANCE * best)
+
+
+def decode_num_splits(num_splits: int, *, batch: int, n_kv_heads: int, packed_rows: int, block_m: int, block_n: int,
+                      capacity: int, head_dim: int, elem_bytes: int, device) -> int:
+    """The split count of a decode launch whose programs each own ``block_m`` of the
+    ``packed_rows`` query rows (GQA group x new tokens) of one kv head and walk ``block_n``-key
+    tiles of a ``capacity``-key cache. ``num_splits`` 0 -> the wave-efficiency heuristic, capped
+    by :func:`max_splits_for_traffic`; n -> n, capped at the key tiles (a split beyond them could
+    never hold a key)."""
+    n_key_tiles = math.ceil(capacity / block_n)
+    if num_splits != 0:
+        return max(1, min(num_splits, n_key_tiles))
+    max_splits = max_splits_for_traffic(capacity, head_dim, elem_bytes, min(packed_rows, block_m))
+    return num_splits_heuristic(batch, n_kv_heads, math.ceil(packed_rows / block_m), n_key_tiles, sm_count(device),
+                                min(MAX_SPLITS, max_splits))

@@ -1,10 +1,8 @@
-"""Launcher helpers shared by every Triton op: interpreter detection, dot flags, windows."""
+"""Launcher helpers shared by every Triton op: interpreter detection, dot flags."""
 from __future__ import annotations
 
 import torch
 import triton
-
-from attn._spec import AttentionSpec
 
 
 def is_interpreting(kernel) -> bool:
@@ -19,11 +17,3 @@ def dot_flags(kernel, dtype: torch.dtype) -> dict:
         "DOT_FP32": bool(is_interpreting(kernel) and dtype == torch.bfloat16),
         "PRECISION": "ieee" if dtype == torch.float32 else "tf32",
     }
-
-
-def window_bounds(spec: AttentionSpec, seqlen_q: int, seqlen_k: int) -> tuple[int, int]:
-    """(left, right) with "unbounded" replaced by a width no sequence reaches."""
-    unbounded = seqlen_q + seqlen_k + 1
-    left = spec.window_left if spec.window_left >= 0 else unbounded
-    right = spec.window_right if spec.window_right >= 0 else unbounded
-    return left, right

@@ -7,7 +7,7 @@ import triton
 from attn._alloc import empty
 from attn._spec import AttentionSpec
 from attn.triton._bwd_kernel import _attn_bwd_dkdv_kernel, _attn_bwd_dq_kernel, _attn_bwd_preprocess_kernel
-from attn.triton._launch import dot_flags, window_bounds
+from attn.triton._launch import dot_flags
 from attn.triton.configs import backward_config, head_dim_bucket, preprocess_block_m
 
 
@@ -41,7 +41,7 @@ def attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
     dq = empty((batch, seqlen_q, n_heads, head_dim), q.dtype, q.device)
     dk = empty((batch, seqlen_k, n_kv_heads, head_dim), k.dtype, k.device)
     dv = empty((batch, seqlen_k, n_kv_heads, head_dim), v.dtype, v.device)
-    left, right = window_bounds(spec, seqlen_q, seqlen_k)
+    left, right = spec.window_bounds(seqlen_q, seqlen_k)
     bias = spec.bias if spec.bias is not None else delta
     bias_strides = spec.bias.stride() if spec.bias is not None else (0, 0, 0, 0)
     alibi = spec.alibi_slopes if spec.alibi_slopes is not None else delta

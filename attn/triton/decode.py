@@ -8,22 +8,12 @@ import triton
 
 from attn._alloc import empty
 from attn._spec import AttentionSpec
-from attn._splits import MAX_SPLITS, max_splits_for_traffic, num_splits_heuristic, sm_count
+from attn._splits import decode_num_splits
 from attn.triton._combine_kernel import _decode_combine_kernel
 from attn.triton._decode_kernel import _decode_split_kernel
-from attn.triton._launch import dot_flags, window_bounds
+from attn.triton._launch import dot_flags
 from attn.triton.configs import head_dim_bucket
 from attn.triton.decode_configs import COMBINE_NUM_WARPS, decode_config
-
-
-def choose_num_splits(num_splits: int, batch: int, n_kv_heads: int, n_q_tiles: int, n_key_tiles: int,
-                      max_splits: int, device) -> int:
-    """``num_splits`` 0 -> the wave-efficiency heuristic (at most ``max_splits``); n -> n, capped
-    at the key tiles (a split beyond them could never hold a key)."""
-    if num_splits == 0:
-        return num_splits_heuristic(batch, n_kv_heads, n_q_tiles, n_key_tiles, sm_count(device),
-                                    min(MAX_SPLITS, max_splits))
-    return max(1, min(num_splits, n_key_tiles))
 
 
 def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seqlens_k: torch.Tensor,
@@ -42,9 +32,9 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     features = spec.softcap > 0 or spec.alibi_slopes is not None
     tile = decode_config(block_d, q.dtype, group * seqlen_q)  # the split count needs only the tile shape
     n_q_tiles = triton.cdiv(group * seqlen_q, tile.block_m)
-    max_splits = max_splits_for_traffic(capacity, head_dim, q.element_size(), min(group * seqlen_q, tile.block_m))
-    splits = choose_num_splits(num_splits, batch, n_kv_heads, n_q_tiles, triton.cdiv(capacity, tile.block_n),
-                               max_splits, q.device)
+    splits = decode_num_splits(num_splits, batch=batch, n_kv_heads=n_kv_heads, packed_rows=group * seqlen_q,
+                               block_m=tile.block_m, block_n=tile.block_n, capacity=capacity, head_dim=head_dim,
+                               elem_bytes=q.element_size(), device=q.device)
     cfg = decode_config(block_d, q.dtype, group * seqlen_q, paged, splits == 1, features)
 
     out = empty((batch, seqlen_q, n_heads, head_dim), q.dtype, q.device)
@@ -54,7 +44,7 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     else:
         out_part = empty((splits, batch, seqlen_q, n_heads, head_dim), torch.float32, q.device)
         lse_part = empty((splits, batch, n_heads, seqlen_q), torch.float32, q.device)
-    left, right = window_bounds(spec, seqlen_q, capacity)
+    left, right = spec.window_bounds(seqlen_q, capacity)
     alibi = spec.alibi_slopes if spec.alibi_slopes is not None else lse
     _decode_split_kernel[(n_q_tiles, batch * n_kv_heads, splits)](
         q, k_cache, v_cache, out_part, lse_part, seqlens_k,

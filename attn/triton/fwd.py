@@ -7,7 +7,7 @@ import triton
 from attn._alloc import empty
 from attn._spec import AttentionSpec
 from attn.triton._fwd_kernel import _attn_fwd_kernel
-from attn.triton._launch import dot_flags, window_bounds
+from attn.triton._launch import dot_flags
 from attn.triton.configs import forward_config, head_dim_bucket
 
 
@@ -20,7 +20,7 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: A
     lse = empty((batch, n_heads, seqlen_q), torch.float32, q.device)
     block_d = head_dim_bucket(head_dim)
     cfg = forward_config(block_d, q.dtype, has_bias=spec.bias is not None)
-    left, right = window_bounds(spec, seqlen_q, seqlen_k)
+    left, right = spec.window_bounds(seqlen_q, seqlen_k)
     bias = spec.bias if spec.bias is not None else lse
     bias_strides = spec.bias.stride() if spec.bias is not None else (0, 0, 0, 0)
     alibi = spec.alibi_slopes if spec.alibi_slopes is not None else lse
