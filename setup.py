@@ -27,8 +27,11 @@ from pathlib import Path
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-# One file per head dim, so that they compile in parallel.
-_FWD_INSTANTIATIONS = sorted(str(p) for p in Path("csrc/attention").glob("fwd_hdim*.cu"))
+# One file per head dim (and kernel family), so that they compile in parallel.
+_KERNEL_SOURCES = [
+    "csrc/attention/fwd_launch.cu", *sorted(str(p) for p in Path("csrc/attention").glob("fwd_hdim*.cu")),
+    "csrc/attention/decode_launch.cu", *sorted(str(p) for p in Path("csrc/attention").glob("decode_hdim*.cu")),
+]
 # -O2: emulated kernels run on the host, so optimization is test speed; -fno-strict-aliasing:
 # kernels reinterpret 16-bit element arrays as 32-bit registers (DESIGN.md §5).
 HOST_FLAGS = ["-O2", "-std=c++17", "-fPIC", "-fvisibility=hidden", "-fno-strict-aliasing", "-Wall"]
@@ -98,7 +101,7 @@ def cuda_sim_extension() -> Extension | None:
     _say(f"attn._cuda_sim: {cxx}, CUDA headers from {headers}")
     sources = [
         "csrc/simt/emulator.cpp", "csrc/simt/fiber.cpp", "csrc/simt/selftest.cpp",
-        "csrc/attention/sim_bindings.cpp", "csrc/attention/fwd_launch.cu", *_FWD_INSTANTIATIONS,
+        "csrc/attention/sim_bindings.cpp", *_KERNEL_SOURCES,
     ]
 
     def compile_cmd(source: str) -> list[str]:
@@ -109,7 +112,7 @@ def cuda_sim_extension() -> Extension | None:
 
 
 def cuda_extension() -> Extension | None:
-    """attn._cuda: the forward kernels compiled by nvcc for ATTN_CUDA_ARCHS."""
+    """attn._cuda: the forward and decode kernels compiled by nvcc for ATTN_CUDA_ARCHS."""
     if os.environ.get("ATTN_SKIP_CUDA_BUILD") == "1":
         _say("skipping attn._cuda: ATTN_SKIP_CUDA_BUILD=1")
         return None
@@ -123,9 +126,7 @@ def cuda_extension() -> Extension | None:
     _say(f"attn._cuda: {nvcc} for sm_{', sm_'.join(archs)}")
     gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
     gencode.append(f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}")  # PTX for newer GPUs
-    sources = [
-        "csrc/attention/bindings.cpp", "csrc/attention/fwd_launch.cu", *_FWD_INSTANTIATIONS,
-    ]
+    sources = ["csrc/attention/bindings.cpp", *_KERNEL_SOURCES]
 
     def compile_cmd(source: str) -> list[str]:
         if source.endswith(".cu"):

@@ -1,4 +1,4 @@
-"""Backends "cuda" and "cuda-sim": the CUDA C++ forward kernel of ``csrc/attention``.
+"""Backends "cuda" and "cuda-sim": the CUDA C++ forward and decode kernels of ``csrc/attention``.
 
 * "cuda" runs CUDA tensors through ``attn._cuda`` (built by nvcc) on the current stream.
 * "cuda-sim" runs CPU tensors through ``attn._cuda_sim``: the same kernel source compiled by g++
@@ -6,9 +6,14 @@
   and testing backend (thousands of times slower than the GPU), never picked by "auto".
   :func:`emulator` chooses its schedule and cp.async landing mode.
 
-Both take fp16/bf16 ``q (B, Sq, H, D)``, ``k, v (B, Sk, Hkv, D)`` with any strides (last dim
-contiguous), support causal masking in both alignments and GQA/MQA, and return the fp32 LSE.
-Head dims without a compiled kernel are zero-padded to the next one (up to 128).
+Forward: fp16/bf16 ``q (B, Sq, H, D)``, ``k, v (B, Sk, Hkv, D)`` with any strides (last dim
+contiguous), causal masking in both alignments, GQA/MQA, the fp32 LSE. Head dims without a
+compiled kernel are zero-padded to the next one.
+
+Decode (``flash_attn_with_kvcache``): split-KV against a contiguous or paged cache (any page
+size), GQA packed so each K/V byte is read once per group, causal / window / softcap / ALiBi,
+head dims 64 and 128 (a cache cannot be padded in place). The split count comes from
+:func:`attn._splits.decode_num_splits`, shared with the Triton backend.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import torch.nn.functional as F
 
 from attn._alloc import empty
 from attn._spec import AttentionSpec
+from attn._splits import decode_num_splits
 
 _DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1}
 _ALIGN_BYTES = 16  # cp.async moves 16-byte chunks
@@ -35,16 +41,27 @@ def _import(module: str):
                 "needing g++ and CUDA's cuda_fp16.h (attn._cuda_sim) or nvcc (attn._cuda): see setup.py")
 
 
-def _aligned(t: torch.Tensor) -> torch.Tensor:
-    """t itself when its pointer and outer strides keep 16-byte alignment, else a contiguous copy."""
+def _is_aligned(t: torch.Tensor) -> bool:
+    """Whether t's pointer and outer strides keep the 16-byte alignment cp.async needs."""
     elems = _ALIGN_BYTES // t.element_size()
-    if t.data_ptr() % _ALIGN_BYTES == 0 and all(s % elems == 0 for s in t.stride()[:-1]):
-        return t
-    return t.contiguous()
+    return t.data_ptr() % _ALIGN_BYTES == 0 and all(s % elems == 0 for s in t.stride()[:-1])
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """t itself when 16-byte aligned, else a contiguous copy."""
+    return t if _is_aligned(t) else t.contiguous()
+
+
+def _int32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """An index tensor as contiguous int32 (what the kernels read), or None."""
+    return None if t is None else t.to(torch.int32).contiguous()
 
 
 class _KernelBackend:
-    capabilities = {"forward": frozenset({"causal", "return_lse"})}
+    capabilities = {
+        "forward": frozenset({"causal", "return_lse"}),
+        "decode": frozenset({"causal", "window_size", "softcap", "alibi_slopes", "return_lse"}),
+    }
 
     def __init__(self, name: str, module: str, device: str):
         self.name = name
@@ -65,16 +82,20 @@ class _KernelBackend:
             return f"runs on {sorted(self.devices)[0]} tensors only"
         return None
 
-    def _launch(self, ext, q: torch.Tensor, args: tuple) -> None:
+    def _launch(self, kernel, q: torch.Tensor, args: tuple) -> None:
+        """Runs ``kernel`` (an extension entry point) on ``args`` for tensors on q's device."""
         raise NotImplementedError
+
+    def _check_dtype(self, dtype: torch.dtype) -> None:
+        if dtype not in _DTYPE_CODES:
+            raise NotImplementedError(
+                f"backend '{self.name}': option dtype={dtype} is not supported (its kernels take float16 "
+                "and bfloat16); backends that support it: triton, cpu, torch, reference"
+            )
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec):
         """-> ``out (B, Sq, H, D)`` contiguous in q's dtype, ``lse (B, H, Sq)`` fp32."""
-        if q.dtype not in _DTYPE_CODES:
-            raise NotImplementedError(
-                f"backend '{self.name}': option dtype={q.dtype} is not supported (its kernels take float16 "
-                "and bfloat16); backends that support it: triton, torch, reference"
-            )
+        self._check_dtype(q.dtype)
         ext = self._ext()
         batch, seqlen_q, n_heads, head_dim = q.shape
         seqlen_k, n_kv_heads = k.shape[1], k.shape[2]
@@ -94,9 +115,62 @@ class _KernelBackend:
         args = (q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(), strides, sizes,
                 _DTYPE_CODES[q.dtype], float(spec.softmax_scale), bool(spec.causal),
                 spec.diagonal_offset(seqlen_q, seqlen_k))
-        self._launch(ext, q, args)
+        self._launch(ext.forward, q, args)
         if kernel_dim != head_dim:
             out = out[..., :head_dim].contiguous()
+        return out, lse
+
+    def decode(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seqlens_k: torch.Tensor,
+               cache_batch_idx: Optional[torch.Tensor], block_table: Optional[torch.Tensor], spec: AttentionSpec,
+               num_splits: int):
+        """``q (B, Sq, H, D)`` against ``seqlens_k (B,)`` keys per sequence of a contiguous
+        ``(B_cache, S_max, Hkv, D)`` or paged ``(num_pages, page_size, Hkv, D)`` cache (validated
+        by the caller) -> ``out (B, Sq, H, D)`` in q's dtype, ``lse (B, H, Sq)`` fp32."""
+        self._check_dtype(q.dtype)
+        ext = self._ext()
+        batch, seqlen_q, n_heads, head_dim = q.shape
+        n_kv_heads = k_cache.shape[2]
+        if head_dim not in ext.decode_head_dims:
+            raise NotImplementedError(
+                f"backend '{self.name}': decode has kernels for head dims {list(ext.decode_head_dims)}, got "
+                f"{head_dim} (the cache cannot be padded in place); backends that support it: triton, cpu, torch, "
+                "reference"
+            )
+        for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
+            if not _is_aligned(cache):
+                raise NotImplementedError(
+                    f"backend '{self.name}': argument '{name}' must be 16-byte aligned (data pointer and strides "
+                    f"of the first three dims multiples of {_ALIGN_BYTES // cache.element_size()} elements), got "
+                    f"pointer {cache.data_ptr()} and strides {tuple(cache.stride())}; backends that take it: "
+                    "triton, cpu, torch, reference"
+                )
+        q = _aligned(q)
+        paged = block_table is not None
+        page_size = k_cache.shape[1] if paged else 0
+        capacity = block_table.shape[1] * page_size if paged else k_cache.shape[1]
+        packed_rows = seqlen_q * (n_heads // n_kv_heads)
+        block_m, block_n, _ = ext.decode_tile(head_dim, packed_rows)
+        splits = decode_num_splits(num_splits, batch=batch, n_kv_heads=n_kv_heads, packed_rows=packed_rows,
+                                   block_m=block_m, block_n=block_n, capacity=capacity, head_dim=head_dim,
+                                   elem_bytes=q.element_size(), device=q.device)
+
+        out = empty((batch, seqlen_q, n_heads, head_dim), q.dtype, q.device)
+        lse = empty((batch, n_heads, seqlen_q), torch.float32, q.device)
+        out_part = lse_part = None
+        if splits > 1:
+            out_part = empty((splits, batch, seqlen_q, n_heads, head_dim), torch.float32, q.device)
+            lse_part = empty((splits, batch, n_heads, seqlen_q), torch.float32, q.device)
+        seqlens_k, cache_batch_idx, block_table = (_int32(t) for t in (seqlens_k, cache_batch_idx, block_table))
+        tensors = (q, k_cache, v_cache, out, lse, out_part, lse_part, seqlens_k, cache_batch_idx, block_table,
+                   spec.alibi_slopes)
+        ptrs = [0 if t is None else t.data_ptr() for t in tensors]
+        strides = [*q.stride()[:3], *k_cache.stride()[:3], *v_cache.stride()[:3], *out.stride()[:3],
+                   *lse.stride()[:2], block_table.stride(0) if paged else 0]
+        sizes = [batch, n_heads, n_kv_heads, seqlen_q, head_dim, page_size, splits]
+        left, right = spec.window_bounds(seqlen_q, capacity)
+        args = (ptrs, strides, sizes, _DTYPE_CODES[q.dtype], float(spec.softmax_scale), float(spec.softcap),
+                left, right)
+        self._launch(ext.decode, q, args)
         return out, lse
 
 
@@ -109,14 +183,14 @@ class CudaBackend(_KernelBackend):
             return "needs compute capability 8.0 or newer (mma.sync bf16, cp.async)"
         return why
 
-    def _launch(self, ext, q, args):
+    def _launch(self, kernel, q, args):
         with torch.cuda.device(q.device):
-            ext.forward(*args, torch.cuda.current_stream(q.device).cuda_stream)
+            kernel(*args, torch.cuda.current_stream(q.device).cuda_stream)
 
 
 class CudaSimBackend(_KernelBackend):
-    def _launch(self, ext, q, args):
-        ext.forward(*args)
+    def _launch(self, kernel, q, args):
+        kernel(*args)
 
 
 CUDA = CudaBackend("cuda", "attn._cuda", "cuda")

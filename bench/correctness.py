@@ -23,7 +23,8 @@ CASES = (
     Case("forward", 2, 2, 2, 128, 100, 100, True),  # a ragged last tile
     Case("forward_backward", 1, 2, 2, 64, 128, 128, True),
     Case("forward_backward", 2, 2, 2, 128, 100, 100, False),
-    Case("decode", 2, 4, 2, 64, 1, 256, True),
+    Case("decode", 2, 4, 2, 64, 1, 256, True),  # 2 query heads per kv head: CUDA's FMA kernel
+    Case("decode", 1, 32, 2, 128, 1, 512, True),  # 16 per kv head: CUDA's tensor-core kernel
 )
 _TIMEOUT_S = 600
 

@@ -1,5 +1,6 @@
-"""Builders shared by the decode tests: a logical KV cache laid out contiguous or paged, and the
-expected cache after an append, computed independently of attn's own addressing code."""
+"""Builders shared by the decode tests: a logical KV cache laid out contiguous or paged, the
+expected cache after an append (computed independently of attn's own addressing code), and the
+parity check of one call against the oracle."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,7 +8,9 @@ from typing import Optional
 
 import torch
 
-from attn.testing import random_tensor
+import attn
+from attn import reference
+from attn.testing import Parity, assert_parity, random_tensor
 
 
 @dataclass
@@ -88,3 +91,23 @@ def make_case(*, batch: int, seqlen_q: int, n_heads: int, n_kv_heads: int, head_
                 k_exp[perm[b, p]], v_exp[perm[b, p]] = k_logical[b, page], v_logical[b, page]
     return CacheCase(q, k_new, v_new, cache_seqlens.to(device), k_cache, v_cache, block_table, cache_batch_idx,
                      k_logical, v_logical, k_exp, v_exp)
+
+
+def check_decode(case: CacheCase, dtype: torch.dtype, *, causal=True, window=(-1, -1), softcap=0.0, alibi=None,
+                 num_splits=0, backend="triton") -> Parity:
+    """Runs flash_attn_with_kvcache on ``case`` and checks out and lse against the oracle (3x
+    rule) and the cache after the append, byte for byte."""
+    out, lse = attn.flash_attn_with_kvcache(
+        case.q, case.k_cache, case.v_cache, **case.kwargs(), causal=causal, window_size=window,
+        softcap=softcap, alibi_slopes=alibi, num_splits=num_splits, return_softmax_lse=True, backend=backend)
+    opts = dict(causal=causal, window_size=window, softcap=softcap, alibi_slopes=alibi, seqlens_k=case.seqlens_k)
+    ref, ref_lse = reference.attention(case.q, case.k_logical, case.v_logical, dtype=torch.float64, **opts)
+    pt, pt_lse = (None, None) if dtype == torch.float32 else reference.attention(
+        case.q, case.k_logical, case.v_logical, dtype=dtype, **opts)
+    result = assert_parity(out, ref, pt, factor=3)
+    assert_parity(lse, ref_lse, pt_lse, factor=3, what="lse")
+    assert out.dtype == dtype and lse.dtype == torch.float32
+    # The append wrote exactly the new tokens; every other slot (other rows, spare pages) is untouched.
+    assert torch.equal(case.k_cache, case.k_cache_expected)
+    assert torch.equal(case.v_cache, case.v_cache_expected)
+    return result

@@ -1,6 +1,7 @@
-"""The CUDA kernels compile for real GPUs: every instantiation (csrc/attention/fwd_hdim*.cu) is
-built by nvcc for sm_80 and sm_90 with ``-Xptxas -v``, which must report no spills and no stack
-frame, and the SASS must use tensor-core mma (HMMA). Runs without a GPU; needs nvcc."""
+"""The CUDA kernels compile for real GPUs: every instantiation (csrc/attention/fwd_hdim*.cu and
+decode_hdim*.cu) is built by nvcc for sm_80 and sm_90 with ``-Xptxas -v``, which must report no
+spills and no stack frame, and the SASS must use tensor-core mma (HMMA), ldmatrix and cp.async.
+Runs without a GPU; needs nvcc."""
 import os
 import re
 import shutil
@@ -13,7 +14,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 ARCHS = (80, 90)
 DTYPES = ("__half", "__nv_bfloat16")
-SOURCES = sorted((ROOT / "csrc" / "attention").glob("fwd_hdim*.cu"))
+SOURCES = sorted((ROOT / "csrc" / "attention").glob("fwd_hdim*.cu")) + sorted(
+    (ROOT / "csrc" / "attention").glob("decode_hdim*.cu"))
+# Kernels per dtype and arch in each kind of instantiation file.
+KERNELS = {"fwd": ("fwd_kernel",), "decode": ("decode_mma_kernel", "decode_fma_kernel", "decode_combine_kernel")}
 
 
 def _nvcc() -> str:
@@ -69,13 +73,16 @@ def ptxas_entries(report: str) -> list[dict]:
 
 
 def test_every_instantiation_builds_without_spills(compiled, record_property):
-    assert [s.name for s in SOURCES] == ["fwd_hdim128.cu", "fwd_hdim256.cu", "fwd_hdim32.cu", "fwd_hdim64.cu"]
+    assert [s.name for s in SOURCES] == ["fwd_hdim128.cu", "fwd_hdim256.cu", "fwd_hdim32.cu", "fwd_hdim64.cu",
+                                         "decode_hdim128.cu", "decode_hdim64.cu"]
     for name, (report, _) in compiled.items():
         entries = ptxas_entries(report)
         head_dim = int(re.search(r"\d+", name).group())
-        assert len(entries) == len(ARCHS) * len(DTYPES), f"{name}: expected one kernel per dtype and arch\n{report}"
+        kernels = KERNELS[name.split("_")[0]]
+        assert len(entries) == len(ARCHS) * len(DTYPES) * len(kernels), f"{name}: expected {kernels} per dtype " \
+            f"and arch\n{report}"
         for e in entries:
-            assert f"ILi{head_dim}E" in e["name"], e["name"]
+            assert f"ILi{head_dim}E" in e["name"] and any(k in e["name"] for k in kernels), e["name"]
             where = f"{name} {e['name']} sm_{e['arch']}"
             assert (e["stack"], e["stores"], e["loads"]) == (0, 0, 0), f"{where}: stack/spills in\n{report}"
             assert e["regs"] <= 255, where

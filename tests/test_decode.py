@@ -6,32 +6,13 @@ the cross-product is under ``-m slow``.
 """
 import pytest
 import torch
-from _decode_cases import make_case
+from _decode_cases import check_decode, make_case
 
 import attn
 from attn import reference
 from attn.testing import assert_parity, pairwise, product
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-def _check(case, dtype, *, causal=True, window=(-1, -1), softcap=0.0, alibi=None, num_splits=0,
-           backend="triton"):
-    """Runs the call and checks out, lse, and the cache after the append."""
-    out, lse = attn.flash_attn_with_kvcache(
-        case.q, case.k_cache, case.v_cache, **case.kwargs(), causal=causal, window_size=window,
-        softcap=softcap, alibi_slopes=alibi, num_splits=num_splits, return_softmax_lse=True, backend=backend)
-    opts = dict(causal=causal, window_size=window, softcap=softcap, alibi_slopes=alibi, seqlens_k=case.seqlens_k)
-    ref, ref_lse = reference.attention(case.q, case.k_logical, case.v_logical, dtype=torch.float64, **opts)
-    pt, pt_lse = (None, None) if dtype == torch.float32 else reference.attention(
-        case.q, case.k_logical, case.v_logical, dtype=dtype, **opts)
-    result = assert_parity(out, ref, pt, factor=3)
-    assert_parity(lse, ref_lse, pt_lse, factor=3, what="lse")
-    assert out.dtype == dtype and lse.dtype == torch.float32
-    # The append wrote exactly the new tokens; every other slot (other rows, spare pages) is untouched.
-    assert torch.equal(case.k_cache, case.k_cache_expected)
-    assert torch.equal(case.v_cache, case.v_cache_expected)
-    return result
 
 
 # The issue's dimensions: (q_len, keys after the call), query heads per kv head (1 = MHA), cache
@@ -60,7 +41,7 @@ def _run_dims(device, sizes, group, page_size, append, num_splits, dtype):
     case = make_case(batch=2, seqlen_q=seqlen_q, n_heads=group, n_kv_heads=1, head_dim=64,
                      seqlens_k=_ragged(seqlen_k, seqlen_q, append)[:2], capacity=seqlen_k, page_size=page_size,
                      append=append, dtype=dtype, device=device)
-    _check(case, dtype, num_splits=num_splits)
+    check_decode(case, dtype, num_splits=num_splits)
 
 
 @pytest.mark.parametrize("dims", pairwise(DIMENSIONS), ids=lambda d: "-".join(map(str, d.values())))
@@ -93,7 +74,7 @@ def test_decode_head_dims(device, seqlen_q, seqlen_k, n_heads, n_kv_heads, head_
     case = make_case(batch=3, seqlen_q=seqlen_q, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim,
                      seqlens_k=_ragged(seqlen_k, seqlen_q, append), capacity=seqlen_k, page_size=page_size,
                      append=append, dtype=dtype, device=device)
-    _check(case, dtype, num_splits=num_splits)
+    check_decode(case, dtype, num_splits=num_splits)
 
 
 @pytest.mark.parametrize("batch_idx", [False, True])
@@ -101,7 +82,7 @@ def test_decode_head_dims(device, seqlen_q, seqlen_k, n_heads, n_kv_heads, head_
 def test_decode_cache_batch_idx_non_causal(device, dtype, batch_idx):
     case = make_case(batch=3, seqlen_q=5, n_heads=8, n_kv_heads=2, head_dim=64, seqlens_k=[200, 5, 77], capacity=200,
                      page_size=None, append=True, dtype=dtype, device=device, batch_idx=batch_idx)
-    _check(case, dtype, causal=False, num_splits=3)
+    check_decode(case, dtype, causal=False, num_splits=3)
 
 
 @pytest.mark.parametrize(
@@ -118,7 +99,7 @@ def test_decode_window_softcap_alibi(device, window, softcap, use_alibi, page_si
     case = make_case(batch=2, seqlen_q=4, n_heads=8, n_kv_heads=2, head_dim=64, seqlens_k=[339, 40], capacity=339,
                      page_size=page_size, append=True, dtype=dtype, device=device, seed=3)
     alibi = torch.rand(2, 8, generator=torch.Generator().manual_seed(1)).to(device) if use_alibi else None
-    _check(case, dtype, causal=causal, window=window, softcap=softcap, alibi=alibi, num_splits=3)
+    check_decode(case, dtype, causal=causal, window=window, softcap=softcap, alibi=alibi, num_splits=3)
 
 
 def test_decode_large_logits_and_empty_rows(device):
@@ -127,7 +108,7 @@ def test_decode_large_logits_and_empty_rows(device):
     case = make_case(batch=2, seqlen_q=2, n_heads=4, n_kv_heads=2, head_dim=32, seqlens_k=[150, 0], capacity=150,
                      page_size=16, append=False, dtype=torch.float16, device=device, seed=5)
     case.q.mul_(40)
-    result = _check(case, torch.float16, causal=False, num_splits=3)
+    result = check_decode(case, torch.float16, causal=False, num_splits=3)
     out, lse = attn.flash_attn_with_kvcache(case.q, case.k_cache, case.v_cache, **case.kwargs(), num_splits=3,
                                             return_softmax_lse=True, backend="triton")
     assert (out[1] == 0).all() and torch.isneginf(lse[1]).all()
@@ -182,4 +163,4 @@ def test_reference_backend_decode():
     key lengths) is what "auto" falls back to where no kernel backend runs."""
     case = make_case(batch=2, seqlen_q=2, n_heads=4, n_kv_heads=2, head_dim=32, seqlens_k=[60, 9], capacity=64,
                      page_size=16, append=True, dtype=torch.float32, device="cpu")
-    _check(case, torch.float32, backend="reference")
+    check_decode(case, torch.float32, backend="reference")

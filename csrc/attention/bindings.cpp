@@ -1,9 +1,7 @@
-// bindings.cpp — attn._cuda: the forward kernel on a CUDA stream.
+// bindings.cpp — attn._cuda: the forward and decode kernels on a CUDA stream.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <iterator>
-#include <vector>
 
 #include "params.h"
 #include "py_params.h"
@@ -11,7 +9,7 @@
 namespace py = pybind11;
 
 PYBIND11_MODULE(_cuda, m) {
-  m.doc() = "CUDA forward attention kernels (see attn/_cuda_backend.py for the Python side)";
+  m.doc() = "CUDA forward and decode attention kernels (see attn/_cuda_backend.py for the Python side)";
   m.def(
       "forward",
       [](uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse, const std::array<int64_t, 14>& strides,
@@ -23,5 +21,18 @@ PYBIND11_MODULE(_cuda, m) {
       },
       py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"), py::arg("strides"), py::arg("sizes"),
       py::arg("dtype"), py::arg("softmax_scale"), py::arg("causal"), py::arg("diagonal_offset"), py::arg("stream"));
-  m.attr("head_dims") = py::tuple(py::cast(std::vector<int>(std::begin(attn::kFwdHeadDims), std::end(attn::kFwdHeadDims))));
+  m.attr("head_dims") = attn::as_tuple(attn::kFwdHeadDims);
+  m.def(
+      "decode",
+      [](const std::array<uintptr_t, 11>& ptrs, const std::array<int64_t, 15>& strides, const std::array<int, 7>& sizes,
+         int dtype, float softmax_scale, float softcap, int window_left, int window_right, uintptr_t stream) {
+        const attn::DecodeParams p =
+            attn::make_decode_params(ptrs, strides, sizes, dtype, softmax_scale, softcap, window_left, window_right);
+        attn::run_decode(p, reinterpret_cast<void*>(stream));
+      },
+      py::arg("ptrs"), py::arg("strides"), py::arg("sizes"), py::arg("dtype"), py::arg("softmax_scale"),
+      py::arg("softcap"), py::arg("window_left"), py::arg("window_right"), py::arg("stream"));
+  m.def("decode_tile", &attn::decode_tile, py::arg("head_dim"), py::arg("packed_rows"),
+        "(block_m, block_n, uses_mma) of the decode kernel for this many packed query rows");
+  m.attr("decode_head_dims") = attn::as_tuple(attn::kDecodeHeadDims);
 }

@@ -2,7 +2,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "../simt/simt.h"
+#include "dtype_dispatch.cuh"
 #include "params.h"
 
 namespace attn {
@@ -16,11 +16,7 @@ namespace {
 
 template <int D>
 void launch_for_dtype(const FwdParams& p, void* stream) {
-  if (p.dtype == DType::kF16) {
-    launch_fwd<D, simt::half>(p, stream);
-  } else {
-    launch_fwd<D, simt::bf16>(p, stream);
-  }
+  with_element_type(p.dtype, [&](auto element) { launch_fwd<D, decltype(element)>(p, stream); });
 }
 
 }  // namespace

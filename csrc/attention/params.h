@@ -1,4 +1,4 @@
-// params.h — everything a forward attention launch needs, as plain data (no torch types).
+// params.h — everything a forward or decode launch needs, as plain data (no torch types).
 #pragma once
 
 #include <cstdint>
@@ -39,5 +39,62 @@ void run_fwd(const FwdParams& p, void* stream);
 // Head dims with a compiled kernel (fwd_hdim*.cu); the caller zero-pads others to the next one.
 // 96 is padded to 128: its own instantiation spills registers.
 constexpr int kFwdHeadDims[] = {32, 64, 128, 256};
+
+// Split-KV decode (flash-decoding) against a KV cache.
+//
+// q: (B, Sq, H, D). K/V cache: contiguous (B_cache, S_max, Hkv, D), sequence b in row
+// cache_batch_idx[b] (or b), or paged (num_pages, page_size, Hkv, D), key n of sequence b at
+// [block_table[b][n / page_size], n % page_size]; the *_batch_stride / *_row_stride fields are
+// the strides of the cache's first two dims either way. seqlens_k[b] keys per sequence (after
+// any append). Causal/window alignment is bottom-right: query i sits at key position
+// i + seqlens_k[b] - Sq and sees keys in [pos - window_left, pos + window_right].
+// With num_splits > 1 every split writes fp32 partials, out_partial (num_splits, B, Sq, H, D)
+// and lse_partial (num_splits, B, H, Sq), both contiguous, that a combine kernel merges into
+// out and lse; with num_splits == 1 the split kernel writes out and lse itself.
+struct DecodeParams {
+  const void* q;
+  const void* k_cache;
+  const void* v_cache;
+  void* out;
+  float* lse;
+  float* out_partial;
+  float* lse_partial;
+  const int32_t* seqlens_k;        // (B,)
+  const int32_t* cache_batch_idx;  // (B,) or nullptr
+  const int32_t* block_table;      // (B, max_pages) or nullptr: contiguous cache
+  const float* alibi_slopes;       // (B, H) contiguous or nullptr
+
+  int64_t q_batch_stride, q_row_stride, q_head_stride;
+  int64_t k_batch_stride, k_row_stride, k_head_stride;
+  int64_t v_batch_stride, v_row_stride, v_head_stride;
+  int64_t out_batch_stride, out_row_stride, out_head_stride;
+  int64_t lse_batch_stride, lse_head_stride;
+  int64_t block_table_batch_stride;
+
+  int batch, n_heads, n_kv_heads, seqlen_q, head_dim;
+  int page_size;  // keys per page; ignored without block_table
+  int num_splits;
+  DType dtype;
+
+  float softmax_scale;
+  float softcap;                    // 0: none; else scores are softcap * tanh(q.k * scale / softcap)
+  int window_left, window_right;    // both >= 0: "unbounded" is passed as a width no sequence reaches
+};
+
+// Runs the split kernel (and the combine kernel when num_splits > 1). Throws
+// std::invalid_argument for a head dim without a compiled kernel.
+void run_decode(const DecodeParams& p, void* stream);
+
+// Head dims with a compiled decode kernel (decode_hdim*.cu). A cache cannot be padded in place,
+// so other head dims are refused (the Python side names the backends that take them).
+constexpr int kDecodeHeadDims[] = {64, 128};
+
+// Query rows (GQA group x new tokens) per block and keys per tile of the decode kernel that
+// run_decode picks for `packed_rows` rows at head dim `head_dim`, and whether it uses mma.sync.
+struct DecodeTileShape {
+  int block_m, block_n;
+  bool mma;
+};
+DecodeTileShape decode_tile_shape(int head_dim, int packed_rows);
 
 }  // namespace attn

@@ -1,11 +1,9 @@
-// sim_bindings.cpp — attn._cuda_sim: the CUDA forward kernel run by the SIMT emulator on CPU
+// sim_bindings.cpp — attn._cuda_sim: the CUDA forward and decode kernels run by the SIMT emulator on CPU
 // memory, with the emulator's schedule and cp.async options per call.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <iterator>
 #include <string>
-#include <vector>
 
 #include "../simt/selftest.h"
 #include "../simt/simt.h"
@@ -67,6 +65,7 @@ PYBIND11_MODULE(_cuda_sim, m) {
     d["shuffles"] = s.shuffles;
     d["block_barriers"] = s.block_barriers;
     d["switches"] = s.switches;
+    d["cp_async_bytes"] = s.cp_async_bytes;
     return d;
   });
   m.def("reset_stats", &simt::reset_stats);
@@ -81,8 +80,21 @@ PYBIND11_MODULE(_cuda_sim, m) {
       },
       py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"), py::arg("strides"), py::arg("sizes"),
       py::arg("dtype"), py::arg("softmax_scale"), py::arg("causal"), py::arg("diagonal_offset"));
-  m.attr("head_dims") =
-      py::tuple(py::cast(std::vector<int>(std::begin(attn::kFwdHeadDims), std::end(attn::kFwdHeadDims))));
+  m.attr("head_dims") = attn::as_tuple(attn::kFwdHeadDims);
+  m.def(
+      "decode",
+      [](const std::array<uintptr_t, 11>& ptrs, const std::array<int64_t, 15>& strides, const std::array<int, 7>& sizes,
+         int dtype, float softmax_scale, float softcap, int window_left, int window_right) {
+        const attn::DecodeParams p =
+            attn::make_decode_params(ptrs, strides, sizes, dtype, softmax_scale, softcap, window_left, window_right);
+        py::gil_scoped_release unlocked;
+        attn::run_decode(p, nullptr);
+      },
+      py::arg("ptrs"), py::arg("strides"), py::arg("sizes"), py::arg("dtype"), py::arg("softmax_scale"),
+      py::arg("softcap"), py::arg("window_left"), py::arg("window_right"));
+  m.def("decode_tile", &attn::decode_tile, py::arg("head_dim"), py::arg("packed_rows"),
+        "(block_m, block_n, uses_mma) of the decode kernel for this many packed query rows");
+  m.attr("decode_head_dims") = attn::as_tuple(attn::kDecodeHeadDims);
   py::register_exception<simt::Error>(m, "EmulatorError", PyExc_RuntimeError);
   py::module_ selftest = m.def_submodule("selftest", "Small kernels that check the emulator itself");
   simt::selftest::register_kernels(selftest);

@@ -27,7 +27,7 @@ constexpr unsigned char kPoisonByte = 0xff;  // NaN as fp32, fp16 and bf16
 Options g_options;
 
 struct GlobalStats {
-  std::atomic<uint64_t> blocks{0}, mma{0}, ldmatrix{0}, shuffles{0}, block_barriers{0}, switches{0};
+  std::atomic<uint64_t> blocks{0}, mma{0}, ldmatrix{0}, shuffles{0}, block_barriers{0}, switches{0}, cp_async_bytes{0};
 } g_stats;
 
 }  // namespace
@@ -36,12 +36,12 @@ Options& options() { return g_options; }
 
 Stats stats() {
   return Stats{g_stats.blocks.load(), g_stats.mma.load(), g_stats.ldmatrix.load(), g_stats.shuffles.load(),
-               g_stats.block_barriers.load(), g_stats.switches.load()};
+               g_stats.block_barriers.load(), g_stats.switches.load(), g_stats.cp_async_bytes.load()};
 }
 
 void reset_stats() {
   for (auto* c : {&g_stats.blocks, &g_stats.mma, &g_stats.ldmatrix, &g_stats.shuffles, &g_stats.block_barriers,
-                  &g_stats.switches}) {
+                  &g_stats.switches, &g_stats.cp_async_bytes}) {
     c->store(0);
   }
 }
@@ -423,6 +423,7 @@ void Worker::cp_async(void* dst, const void* src, bool valid, Site site) {
     c.write_site = site;
   }
   PendingCopy copy{static_cast<unsigned char*>(dst), static_cast<const unsigned char*>(src), valid, false};
+  if (valid) local.cp_async_bytes += 16;
   if (opts_.cp_async == CpAsyncLanding::kAtIssue) {
     land(copy);
     copy.landed = true;
@@ -635,6 +636,7 @@ void add_stats(const Stats& s) {
   g_stats.shuffles += s.shuffles;
   g_stats.block_barriers += s.block_barriers;
   g_stats.switches += s.switches;
+  g_stats.cp_async_bytes += s.cp_async_bytes;
 }
 
 }  // namespace

@@ -189,6 +189,29 @@ __device__ __forceinline__ uint32_t pack2<bf16>(float lo, float hi) {
   return bits;
 }
 
+// One 16-bit element to or from fp32 (round to nearest even).
+template <typename T>
+__device__ __forceinline__ float to_float(T x);
+template <>
+__device__ __forceinline__ float to_float<half>(half x) {
+  return __half2float(x);
+}
+template <>
+__device__ __forceinline__ float to_float<bf16>(bf16 x) {
+  return __bfloat162float(x);
+}
+
+template <typename T>
+__device__ __forceinline__ T from_float(float x);
+template <>
+__device__ __forceinline__ half from_float<half>(float x) {
+  return __float2half_rn(x);
+}
+template <>
+__device__ __forceinline__ bf16 from_float<bf16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
 __device__ __forceinline__ unsigned lane_id() { return threadIdx.x % 32; }
 __device__ __forceinline__ unsigned warp_id() { return threadIdx.x / 32; }
 

@@ -69,6 +69,7 @@ struct Options {
 
 struct Stats {
   uint64_t blocks = 0, mma = 0, ldmatrix = 0, shuffles = 0, block_barriers = 0, switches = 0;
+  uint64_t cp_async_bytes = 0;  // global memory read by cp.async (zero-filled chunks read nothing)
 };
 
 // Options for the following launches on this process, and counters since the last reset.
