@@ -23,6 +23,16 @@ def _describe(t: torch.Tensor) -> str:
     return f"tensor of shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
 
 
+def check_int(fn: str, name: str, value: object, low: int, high: Optional[int] = None) -> int:
+    """``value`` is an int (not a bool) with ``low <= value`` and, when given, ``value < high``."""
+    expected = f"an int >= {low}" if high is None else f"an int in [{low}, {high})"
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(fn, name, expected, repr(value), TypeError)
+    if value < low or (high is not None and value >= high):
+        _fail(fn, name, expected, repr(value))
+    return value
+
+
 def check_tensor(fn: str, name: str, t: object, *, rank: Optional[int] = None) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         _fail(fn, name, "a torch.Tensor", type(t).__name__, TypeError)
