@@ -33,6 +33,15 @@ def check_int(fn: str, name: str, value: object, low: int, high: Optional[int] =
     return value
 
 
+def check_module_input(fn: str, name: str, t: torch.Tensor, weight: torch.Tensor) -> None:
+    """``t`` feeds a projection whose parameter is ``weight``: the same device, and the same dtype
+    unless autocast casts both."""
+    if t.device != weight.device:
+        _fail(fn, name, f"device {weight.device} (the module's parameters)", t.device)
+    if t.dtype != weight.dtype and not torch.is_autocast_enabled(t.device.type):
+        _fail(fn, name, f"dtype {weight.dtype} (the module's parameters)", t.dtype, TypeError)
+
+
 def check_tensor(fn: str, name: str, t: object, *, rank: Optional[int] = None) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         _fail(fn, name, "a torch.Tensor", type(t).__name__, TypeError)
