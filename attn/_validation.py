@@ -23,6 +23,25 @@ def _describe(t: torch.Tensor) -> str:
     return f"tensor of shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
 
 
+def check_int(fn: str, name: str, value: object, low: int, high: Optional[int] = None) -> int:
+    """``value`` is an int (not a bool) with ``low <= value`` and, when given, ``value < high``."""
+    expected = f"an int >= {low}" if high is None else f"an int in [{low}, {high})"
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(fn, name, expected, repr(value), TypeError)
+    if value < low or (high is not None and value >= high):
+        _fail(fn, name, expected, repr(value))
+    return value
+
+
+def check_module_input(fn: str, name: str, t: torch.Tensor, weight: torch.Tensor) -> None:
+    """``t`` feeds a projection whose parameter is ``weight``: the same device, and the same dtype
+    unless autocast casts both."""
+    if t.device != weight.device:
+        _fail(fn, name, f"device {weight.device} (the module's parameters)", t.device)
+    if t.dtype != weight.dtype and not torch.is_autocast_enabled(t.device.type):
+        _fail(fn, name, f"dtype {weight.dtype} (the module's parameters)", t.dtype, TypeError)
+
+
 def check_tensor(fn: str, name: str, t: object, *, rank: Optional[int] = None) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         _fail(fn, name, "a torch.Tensor", type(t).__name__, TypeError)
@@ -156,18 +175,17 @@ def check_attn_mask(
     return bias.expand(shape)
 
 
-INDEX_DTYPES = (torch.int32, torch.int64)
-
-
 def _check_index_tensor(fn: str, name: str, t: object, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """int32 only, as flash-attn: narrowing int64 would wrap values past 2**31 into valid-looking
+    lengths and rows."""
     check_tensor(fn, name, t, rank=len(shape))
-    if t.dtype not in INDEX_DTYPES:
-        _fail(fn, name, "dtype int32 (or int64)", t.dtype, TypeError)
+    if t.dtype != torch.int32:
+        _fail(fn, name, "dtype int32", t.dtype, TypeError)
     if tuple(t.shape) != shape:
         _fail(fn, name, f"shape {shape}", tuple(t.shape))
     if t.device != device:
         _fail(fn, name, f"device {device} (from 'q')", t.device)
-    return t.to(torch.int32).contiguous()
+    return t.contiguous()
 
 
 def check_kvcache_inputs(
@@ -235,6 +253,8 @@ def check_kvcache_inputs(
     if cache_seqlens is None:  # flash-attn: the whole cache holds keys
         cache_seqlens = capacity
     if isinstance(cache_seqlens, int) and not isinstance(cache_seqlens, bool):
+        if not 0 <= cache_seqlens <= capacity:  # before torch.full, which cannot hold every int
+            _fail(fn, "cache_seqlens", f"an int in [0, {capacity}] (the cache's capacity)", cache_seqlens)
         cache_seqlens = torch.full((batch,), cache_seqlens, dtype=torch.int32, device=q.device)
     elif isinstance(cache_seqlens, torch.Tensor):
         cache_seqlens = _check_index_tensor(fn, "cache_seqlens", cache_seqlens, (batch,), q.device)

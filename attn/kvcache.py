@@ -28,7 +28,7 @@ class PageAllocator:
     """Free list of page indices ``[0, num_pages)``; the lowest free index is handed out first."""
 
     def __init__(self, num_pages: int):
-        self.num_pages = num_pages
+        self.num_pages = V.check_int("PageAllocator", "num_pages", num_pages, 1)
         self._free = list(range(num_pages - 1, -1, -1))  # a stack: pop() yields 0, 1, 2, ...
         self._in_use: set[int] = set()
 
@@ -37,6 +37,7 @@ class PageAllocator:
         return len(self._free)
 
     def allocate(self, n: int) -> list[int]:
+        V.check_int("PageAllocator.allocate", "n", n, 0)
         if n > len(self._free):
             raise RuntimeError(f"PageAllocator.allocate: {n} pages requested, {len(self._free)} of "
                                f"{self.num_pages} free (crop or reset sequences, or build a larger cache)")
@@ -45,9 +46,14 @@ class PageAllocator:
         return pages
 
     def free(self, pages: Sequence[int]) -> None:
+        fn = "PageAllocator.free"
+        if not isinstance(pages, Sequence):
+            V._fail(fn, "pages", "a sequence of page indices", repr(pages), TypeError)
+        if len(set(pages)) != len(pages):  # freeing a page twice would hand it out twice
+            V._fail(fn, "pages", "distinct page indices", list(pages))
         for page in pages:
             if page not in self._in_use:
-                raise ValueError(f"PageAllocator.free: page {page} is not allocated")
+                V._fail(fn, "pages", "allocated page indices", f"page {page} is not allocated")
         for page in sorted(pages, reverse=True):
             self._in_use.discard(page)
             self._free.append(page)
@@ -69,8 +75,9 @@ class KVCache:
         fn = "KVCache"
         for name, value in (("num_layers", num_layers), ("batch_size", batch_size), ("max_seqlen", max_seqlen),
                             ("num_kv_heads", num_kv_heads), ("head_dim", head_dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                V._fail(fn, name, "an int >= 1", repr(value))
+            V.check_int(fn, name, value, 1)
+        if head_dim > V.MAX_HEAD_DIM:
+            V._fail(fn, "head_dim", f"at most {V.MAX_HEAD_DIM} (the kernels' limit)", head_dim)
         if dtype not in V.SUPPORTED_DTYPES:
             V._fail(fn, "dtype", "float16, bfloat16 or float32", dtype, TypeError)
         if page_size is not None and (isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1):
@@ -89,8 +96,7 @@ class KVCache:
         else:
             pages_per_seq = math.ceil(max_seqlen / page_size)
             num_pages = batch_size * pages_per_seq if num_pages is None else num_pages
-            if isinstance(num_pages, bool) or not isinstance(num_pages, int) or num_pages < 1:
-                V._fail(fn, "num_pages", "an int >= 1", repr(num_pages))
+            V.check_int(fn, "num_pages", num_pages, 1)
             shape = (num_pages, page_size, num_kv_heads, head_dim)
             # Entries past a sequence's pages are never read; 0 keeps them inside the pool.
             self.block_table = torch.zeros(batch_size, pages_per_seq, dtype=torch.int32, device=self.device)
@@ -115,9 +121,13 @@ class KVCache:
         layer = self._layer("attend", layer)
         V.check_tensor("KVCache.attend", "k", k, rank=4)
         self._reserve("attend", layer, k.shape[1])
-        out = flash_attn_with_kvcache(q, self.k_caches[layer], self.v_caches[layer], k, v,
-                                      cache_seqlens=self._lengths[layer], block_table=self.block_table,
-                                      causal=causal, **kwargs)
+        try:
+            out = flash_attn_with_kvcache(q, self.k_caches[layer], self.v_caches[layer], k, v,
+                                          cache_seqlens=self._lengths[layer], block_table=self.block_table,
+                                          causal=causal, **kwargs)
+        except Exception:
+            self._release_unused_pages()  # a refused call keeps none of the pages reserved for it
+            raise
         self._advance(layer, k.shape[1])
         return out
 
@@ -130,8 +140,10 @@ class KVCache:
         V.check_attention_inputs(fn, k, k, v, names=("k", "k", "v"))
         if k.shape[0] != self.batch_size or tuple(k.shape[2:]) != tuple(kc.shape[2:]):
             V._fail(fn, "k", f"shape (B={self.batch_size}, L, Hkv={kc.shape[2]}, D={kc.shape[3]})", tuple(k.shape))
-        if k.dtype != kc.dtype or k.device != kc.device:
-            V._fail(fn, "k", f"dtype {kc.dtype} on {kc.device}", f"{k.dtype} on {k.device}", TypeError)
+        if k.device != kc.device:
+            V._fail(fn, "k", f"device {kc.device} (the cache's)", k.device)
+        if k.dtype != kc.dtype:
+            V._fail(fn, "k", f"dtype {kc.dtype} (the cache's)", k.dtype, TypeError)
         self._reserve("append", layer, k.shape[1])
         _cache_ops.append(kc, self.v_caches[layer], k, v, self._lengths[layer], None, self.block_table)
         self._advance(layer, k.shape[1])
@@ -139,12 +151,13 @@ class KVCache:
     def crop(self, lengths: Union[int, Sequence[int]]) -> None:
         """Keeps the first ``lengths`` tokens (one int for all sequences, or one per sequence) in
         every layer; pages no layer needs any more return to the pool."""
+        fn = "KVCache.crop"
         if isinstance(lengths, int) and not isinstance(lengths, bool):
             lengths = [lengths] * self.batch_size
-        lengths = list(lengths)
-        if len(lengths) != self.batch_size or any(isinstance(n, bool) or not isinstance(n, int) or n < 0
-                                                  for n in lengths):
-            V._fail("KVCache.crop", "lengths", f"an int >= 0 or {self.batch_size} of them", repr(lengths))
+        if not isinstance(lengths, Sequence) or len(lengths) != self.batch_size:
+            V._fail(fn, "lengths", f"an int >= 0 or {self.batch_size} of them", repr(lengths),
+                    ValueError if isinstance(lengths, Sequence) else TypeError)
+        lengths = [V.check_int(fn, "lengths", n, 0) for n in lengths]
         for layer in range(self.num_layers):
             current = self._host_lengths[layer]
             self._host_lengths[layer] = [min(n, c) for n, c in zip(lengths, current)]
@@ -153,13 +166,14 @@ class KVCache:
 
     def reset(self, sequences: Optional[Sequence[int]] = None) -> None:
         """Empties ``sequences`` (all by default) in every layer and frees their pages."""
-        sequences = range(self.batch_size) if sequences is None else list(sequences)
+        fn = "KVCache.reset"
+        if sequences is not None and not isinstance(sequences, Sequence):
+            V._fail(fn, "sequences", "None or a sequence of sequence indices", repr(sequences), TypeError)
+        sequences = range(self.batch_size) if sequences is None else sequences
         # crop takes the minimum with each layer's own length, so the longest keeps every layer whole
         keep = [max(layer[b] for layer in self._host_lengths) for b in range(self.batch_size)]
         for b in sequences:
-            if isinstance(b, bool) or not isinstance(b, int) or not 0 <= b < self.batch_size:
-                V._fail("KVCache.reset", "sequences", f"indices in [0, {self.batch_size})", list(sequences))
-            keep[b] = 0
+            keep[V.check_int(fn, "sequences", b, 0, self.batch_size)] = 0
         self.crop(keep)
 
     @property
@@ -167,9 +181,7 @@ class KVCache:
         return None if self.allocator is None else self.allocator.num_free
 
     def _layer(self, fn: str, layer: object) -> int:
-        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.num_layers:
-            V._fail(f"KVCache.{fn}", "layer", f"an int in [0, {self.num_layers})", repr(layer))
-        return layer
+        return V.check_int(f"KVCache.{fn}", "layer", layer, 0, self.num_layers)
 
     def _reserve(self, fn: str, layer: int, new_len: int) -> None:
         """Checks room for ``new_len`` more tokens in ``layer`` and, when paged, allocates the pages

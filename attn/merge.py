@@ -24,6 +24,8 @@ def merge_attention_states(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torc
     fn = "merge_attention_states"
     for name, t in (("out_a", out_a), ("out_b", out_b)):
         V.check_tensor(fn, name, t, rank=4)
+    if out_a.dtype not in V.SUPPORTED_DTYPES:  # the math runs in fp32: wider or integer outputs would lose bits
+        V._fail(fn, "out_a", "dtype float16, bfloat16 or float32", out_a.dtype, TypeError)
     for name, t in (("lse_a", lse_a), ("lse_b", lse_b)):
         V.check_tensor(fn, name, t, rank=3)
         if t.dtype != torch.float32:
@@ -45,7 +47,7 @@ def merge_attention_states(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torc
     w_a = torch.exp(lse_a - m_safe)  # (B, H, S); 0 where lse_a = -inf
     w_b = torch.exp(lse_b - m_safe)
     total = w_a + w_b
-    seen = total > 0
+    seen = total != 0  # a NaN total (NaN lse in) stays NaN instead of reading as 'saw no key'
     lse = torch.where(seen, m_safe + torch.log(torch.where(seen, total, torch.ones_like(total))),
                       torch.full_like(total, float("-inf")))
     inv = torch.where(seen, 1.0 / torch.where(seen, total, torch.ones_like(total)), torch.zeros_like(total))

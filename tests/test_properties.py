@@ -4,6 +4,7 @@ between each executable backend and attn.reference.
 Default runs draw a bounded number of examples per backend (CI budget); ``-m slow`` draws many
 more. Failures hypothesis finds are added below as ``@example`` regression cases.
 """
+import math
 import zlib
 
 import pytest
@@ -255,7 +256,8 @@ def test_forward_is_deterministic(backend):
 
 
 @pytest.mark.parametrize("backend", _backends())
-@pytest.mark.parametrize("edge", ["identical_keys", "dominant_key", "one_key", "head_dim_1"])
+@pytest.mark.parametrize("edge", ["identical_keys", "dominant_key", "one_key", "head_dim_1", "large_logits",
+                                  "fully_masked_rows"])
 def test_numerical_edges(backend, edge):
     gen = torch.Generator().manual_seed(12)
     b, sq, sk, h, d = 1, 33, 70, 2, 32
@@ -263,6 +265,8 @@ def test_numerical_edges(backend, edge):
         sk = 1
     if edge == "head_dim_1":
         d = 1
+    if edge == "fully_masked_rows":  # Sq > Sk, causal bottom-right: the first Sq - Sk queries see no key
+        sq, sk = 70, 20
     q = random_tensor((b, sq, h, d), torch.float16, generator=gen)
     k = random_tensor((b, sk, h, d), torch.float16, generator=gen)
     v = random_tensor((b, sk, h, d), torch.float16, generator=gen)
@@ -271,21 +275,34 @@ def test_numerical_edges(backend, edge):
     if edge == "dominant_key":  # one key wins by a logit margin of ~1e4: one-hot attention
         k = k.clone()
         k[:, 17] = (q.float().mean(1) * 300).clamp(-6e4, 6e4).half()
-    out = attn.flash_attn_func(q, k, v, backend=backend)
-    ref = attn.reference.attention(q, k, v, dtype=torch.float64)[0]
-    pt = attn.reference.attention(q, k, v, dtype=torch.float16)[0]
+    options = dict(causal=edge == "fully_masked_rows", softmax_scale=None)
+    if edge == "large_logits":  # logits ~ 1e4 * N(0, 1), both signs: the running max keeps exp2 in range
+        q = (q.float() * (1e4 / math.sqrt(d))).half()
+        options["softmax_scale"] = 1.0
+    with_lse = "return_lse" in _registry.load(backend).capabilities["forward"]
+    result = attn.flash_attn_func(q, k, v, backend=backend, return_attn_probs=with_lse, **options)
+    out = result[0] if with_lse else result
+    ref, ref_lse = attn.reference.attention(q, k, v, dtype=torch.float64, **options)
+    pt = attn.reference.attention(q, k, v, dtype=torch.float16, **options)[0]
     assert_parity(out, ref, pt)
+    if with_lse:
+        assert torch.equal(torch.isneginf(result[1]), torch.isneginf(ref_lse)) and not torch.isnan(result[1]).any()
     if edge == "identical_keys":
         torch.testing.assert_close(out.float(), v.float().mean(1, keepdim=True).expand_as(out), atol=2e-3, rtol=0)
+    if edge == "fully_masked_rows":
+        assert torch.isneginf(ref_lse[:, :, :sq - sk]).all() and (out[:, :sq - sk] == 0).all()
 
 
 @pytest.mark.parametrize("backend", _backends())
-def test_nan_inputs_propagate_without_crashing(backend):
-    """Documented behaviour: NaN in q/k/v yields NaN in the affected rows; nothing crashes."""
-    q = torch.randn(1, 8, 2, 16, dtype=torch.float16)
-    k = torch.randn(1, 8, 2, 16, dtype=torch.float16)
-    v = torch.randn(1, 8, 2, 16, dtype=torch.float16)
-    q[0, 3, 1, 0] = float("nan")
+@pytest.mark.parametrize("poison", ["q_nan", "k_nan", "v_nan", "k_inf"])
+def test_nan_inputs_propagate_without_crashing(backend, poison):
+    """Documented behaviour: NaN (or an Inf that makes NaN) in q/k/v yields NaN exactly where the
+    oracle has it; nothing crashes."""
+    gen = torch.Generator().manual_seed(13)
+    q, k, v = (random_tensor((1, 8, 2, 16), torch.float16, generator=gen) for _ in range(3))
+    target = {"q": q, "k": k, "v": v}[poison[0]]
+    target[0, 3, 1 if poison == "q_nan" else 0, 5] = float("nan") if poison.endswith("nan") else float("inf")
     out = attn.flash_attn_func(q, k, v, backend=backend)
-    assert torch.isnan(out[0, 3, 1]).all()
-    assert not torch.isnan(out[0, :3]).any() and not torch.isnan(out[0, 3, 0]).any()
+    ref = attn.reference.attention(q, k, v, dtype=torch.float64)[0]
+    assert torch.isnan(ref).any() and not torch.isnan(ref).all()
+    assert torch.equal(torch.isnan(out), torch.isnan(ref)), f"NaN at {torch.isnan(out).nonzero().tolist()}"

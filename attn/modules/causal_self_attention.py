@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from attn import _validation as V
 from attn.interface import flash_attn_func
 
 
@@ -43,25 +44,30 @@ class CausalSelfAttention(nn.Module):
         fn = "CausalSelfAttention"
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         for name, value in (("embed_dim", embed_dim), ("num_heads", num_heads), ("num_kv_heads", num_kv_heads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{fn}: argument '{name}' expected an int >= 1, got {value!r}")
+            V.check_int(fn, name, value, 1)
         if embed_dim % num_heads:
             raise ValueError(f"{fn}: argument 'num_heads' expected a divisor of embed_dim={embed_dim}, got {num_heads}")
         if num_heads % num_kv_heads:
             raise ValueError(
                 f"{fn}: argument 'num_kv_heads' expected a divisor of num_heads={num_heads}, got {num_kv_heads}"
             )
+        if embed_dim // num_heads > V.MAX_HEAD_DIM:
+            V._fail(fn, "num_heads", f"a head dim embed_dim // num_heads of at most {V.MAX_HEAD_DIM} (the kernels' "
+                    "limit)", f"{embed_dim} // {num_heads} = {embed_dim // num_heads}")
         self.embed_dim, self.num_heads, self.num_kv_heads = embed_dim, num_heads, num_kv_heads
         self.head_dim = embed_dim // num_heads
-        self.layer_idx, self.window_size, self.softcap, self.backend = layer_idx, tuple(window_size), softcap, backend
+        self.layer_idx, self.backend = layer_idx, backend
+        self.window_size, self.softcap = V.check_window(fn, window_size), V.check_softcap(fn, softcap)
         factory = {"device": device, "dtype": dtype}
         self.qkv_proj = nn.Linear(embed_dim, (num_heads + 2 * num_kv_heads) * self.head_dim, bias=bias, **factory)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
 
     def forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.embed_dim:
-            got = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"CausalSelfAttention.forward: argument 'x' expected (B, L, {self.embed_dim}), got {got}")
+        fn = "CausalSelfAttention.forward"
+        V.check_tensor(fn, "x", x)
+        if x.dim() != 3 or x.shape[-1] != self.embed_dim or x.shape[0] < 1 or x.shape[1] < 1:
+            V._fail(fn, "x", f"(B, L, {self.embed_dim}) with B, L >= 1", f"shape {tuple(x.shape)}")
+        V.check_module_input(fn, "x", x, self.qkv_proj.weight)
         batch, seqlen, _ = x.shape
         qkv = self.qkv_proj(x).view(batch, seqlen, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
         # (B, L, H, D), (B, L, Hkv, D) x2: views into the projection, no copies

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attn import _validation as V
 from attn.interface import scaled_dot_product_attention
 
 _FN = "MultiheadAttention.forward"
@@ -103,6 +104,9 @@ class MultiheadAttention(nn.MultiheadAttention):
         *,
         backend: Optional[str] = None,
     ) -> None:
+        if num_heads > 0 and embed_dim % num_heads:  # PyTorch asserts; attn's contract is a ValueError
+            raise ValueError(f"MultiheadAttention: argument 'num_heads' expected a divisor of embed_dim={embed_dim}, "
+                             f"got {num_heads}")
         super().__init__(
             embed_dim, num_heads, dropout=dropout, bias=bias, add_bias_kv=add_bias_kv,
             add_zero_attn=add_zero_attn, kdim=kdim, vdim=vdim, batch_first=batch_first,
@@ -207,6 +211,9 @@ class MultiheadAttention(nn.MultiheadAttention):
                 _fail(name, f"{query.dim()} dims like 'query'", f"shape {tuple(t.shape)}")
             if t.shape[-1] != width:
                 _fail(name, f"last dim {width}", f"shape {tuple(t.shape)}")
+        weight = self.in_proj_weight if self._qkv_same_embed_dim else self.q_proj_weight
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            V.check_module_input(_FN, name, t, weight)
         if key.shape[:-1] != value.shape[:-1]:
             _fail("value", f"the batch and sequence dims of 'key' {tuple(key.shape[:-1])}", tuple(value.shape))
         if query.dim() == 3:
