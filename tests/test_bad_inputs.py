@@ -412,6 +412,7 @@ def csa_nan(backend):
 
 F64, I32 = (lambda t: t.double()), (lambda t: t.int())
 TRITON_CPU_REFERENCE = "backends that support it: ['triton', 'cpu', 'reference']"
+DECODE_BACKENDS = "backends that support it: ['triton', 'cpu', 'reference', 'cuda', 'cuda-sim']"
 NOPE = ("'backend'", "'nope'")
 
 ROWS = [
@@ -538,7 +539,7 @@ ROWS = [
     Row("flash_attn_with_kvcache", "bad_window", kv(window_size=(-5, 0), backend="triton"), ValueError,
         ("'window_size'", "(-5, 0)"), variant="negative"),
     Row("flash_attn_with_kvcache", "unsupported_option", kv(backend="torch"), NotImplementedError,
-        ("'decode'", "backend 'torch'", TRITON_CPU_REFERENCE)),
+        ("'decode'", "backend 'torch'", DECODE_BACKENDS)),
     Row("flash_attn_with_kvcache", "unsupported_option", kv(rotary_cos=torch.ones(48, 16)), NotImplementedError,
         ("'rotary_cos'", "not supported by any backend"), variant="rotary"),
     Row("flash_attn_with_kvcache", "unknown_backend", kv(backend="nope"), ValueError, NOPE),
@@ -595,7 +596,7 @@ ROWS = [
     Row("KVCache.attend", "bad_window", cache_call("attend", window_size=(-2, 0)), ValueError, ("'window_size'",),
         names="flash_attn_with_kvcache"),
     Row("KVCache.attend", "unsupported_option", cache_call("attend", backend="torch"), NotImplementedError,
-        ("'decode'", "backend 'torch'", TRITON_CPU_REFERENCE), names="flash_attn_with_kvcache"),
+        ("'decode'", "backend 'torch'", DECODE_BACKENDS), names="flash_attn_with_kvcache"),
     Row("KVCache.attend", "unknown_backend", cache_call("attend", backend="nope"), ValueError, NOPE,
         names="flash_attn_with_kvcache"),
 
