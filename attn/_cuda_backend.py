@@ -24,6 +24,7 @@ from typing import Iterator, Optional
 import torch
 import torch.nn.functional as F
 
+from attn import _decode_ops
 from attn._alloc import empty
 from attn._spec import AttentionSpec
 from attn._splits import decode_num_splits
@@ -93,18 +94,31 @@ class _KernelBackend:
                 "and bfloat16); backends that support it: triton, cpu, torch, reference"
             )
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec):
-        """-> ``out (B, Sq, H, D)`` contiguous in q's dtype, ``lse (B, H, Sq)`` fp32."""
-        self._check_dtype(q.dtype)
-        ext = self._ext()
-        batch, seqlen_q, n_heads, head_dim = q.shape
-        seqlen_k, n_kv_heads = k.shape[1], k.shape[2]
-        kernel_dim = next((d for d in ext.head_dims if d >= head_dim), None)
+    def _kernel_head_dim(self, head_dim: int) -> int:
+        """The forward kernel's head dim for ``head_dim``: itself, or the next compiled one."""
+        head_dims = self._ext().head_dims
+        kernel_dim = next((d for d in head_dims if d >= head_dim), None)
         if kernel_dim is None:
             raise NotImplementedError(
                 f"backend '{self.name}': head dim {head_dim} is larger than its largest kernel "
-                f"({max(ext.head_dims)}); use backend 'triton'"
+                f"({max(head_dims)}); use backend 'triton'"
             )
+        return kernel_dim
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec):
+        """-> ``out (B, Sq, H, D)`` contiguous in q's dtype, ``lse (B, H, Sq)`` fp32, through the
+        custom op (opaque to torch.compile: no graph break)."""
+        self._check_dtype(q.dtype)
+        self._kernel_head_dim(q.shape[3])
+        return cuda_forward(q, k, v, float(spec.softmax_scale), bool(spec.causal), bool(spec.bottom_right), self.name)
+
+    def run_forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float, causal: bool,
+                    bottom_right: bool):
+        """Launches the forward kernel (the body of the ``attn::cuda_forward`` op)."""
+        ext = self._ext()
+        batch, seqlen_q, n_heads, head_dim = q.shape
+        seqlen_k, n_kv_heads = k.shape[1], k.shape[2]
+        kernel_dim = self._kernel_head_dim(head_dim)
         if kernel_dim != head_dim:  # zero columns change no score and give output columns to drop
             q, k, v = (F.pad(t, (0, kernel_dim - head_dim)) for t in (q, k, v))
         q, k, v = (_aligned(t) for t in (q, k, v))
@@ -113,8 +127,7 @@ class _KernelBackend:
         strides = [*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *lse.stride()[:2]]
         sizes = [batch, n_heads, n_kv_heads, seqlen_q, seqlen_k, kernel_dim]
         args = (q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(), strides, sizes,
-                _DTYPE_CODES[q.dtype], float(spec.softmax_scale), bool(spec.causal),
-                spec.diagonal_offset(seqlen_q, seqlen_k))
+                _DTYPE_CODES[q.dtype], softmax_scale, causal, seqlen_k - seqlen_q if bottom_right else 0)
         self._launch(ext.forward, q, args)
         if kernel_dim != head_dim:
             out = out[..., :head_dim].contiguous()
@@ -125,17 +138,26 @@ class _KernelBackend:
                num_splits: int):
         """``q (B, Sq, H, D)`` against ``seqlens_k (B,)`` keys per sequence of a contiguous
         ``(B_cache, S_max, Hkv, D)`` or paged ``(num_pages, page_size, Hkv, D)`` cache (validated
-        by the caller) -> ``out (B, Sq, H, D)`` in q's dtype, ``lse (B, H, Sq)`` fp32."""
+        by the caller) -> ``out (B, Sq, H, D)`` in q's dtype, ``lse (B, H, Sq)`` fp32, through the
+        decode custom op (opaque to torch.compile)."""
         self._check_dtype(q.dtype)
+        head_dims = self._ext().decode_head_dims
+        if q.shape[3] not in head_dims:
+            raise NotImplementedError(
+                f"backend '{self.name}': decode has kernels for head dims {list(head_dims)}, got "
+                f"{q.shape[3]} (the cache cannot be padded in place); backends that support it: triton, cpu, "
+                "reference"
+            )
+        return _decode_ops.decode(q, k_cache, v_cache, seqlens_k, cache_batch_idx, block_table, spec, num_splits,
+                                  self.name)
+
+    def run_decode(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seqlens_k: torch.Tensor,
+                   cache_batch_idx: Optional[torch.Tensor], block_table: Optional[torch.Tensor], spec: AttentionSpec,
+                   num_splits: int):
+        """Launches the decode kernels (the body of the ``attn::flash_attn_decode`` op)."""
         ext = self._ext()
         batch, seqlen_q, n_heads, head_dim = q.shape
         n_kv_heads = k_cache.shape[2]
-        if head_dim not in ext.decode_head_dims:
-            raise NotImplementedError(
-                f"backend '{self.name}': decode has kernels for head dims {list(ext.decode_head_dims)}, got "
-                f"{head_dim} (the cache cannot be padded in place); backends that support it: triton, cpu, torch, "
-                "reference"
-            )
         for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
             if not _is_aligned(cache):
                 raise NotImplementedError(
@@ -195,6 +217,22 @@ class CudaSimBackend(_KernelBackend):
 
 CUDA = CudaBackend("cuda", "attn._cuda", "cuda")
 CUDA_SIM = CudaSimBackend("cuda-sim", "attn._cuda_sim", "cpu")
+KERNEL_BACKENDS = {b.name: b for b in (CUDA, CUDA_SIM)}
+
+
+@torch.library.custom_op("attn::cuda_forward", mutates_args=())
+def cuda_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float, causal: bool,
+                 bottom_right: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CUDA C++ forward of ``backend`` ("cuda" or "cuda-sim") as one op, so that
+    ``torch.compile(fullgraph=True)`` traces it (a kernel launch through data pointers cannot be
+    traced). No autograd: these backends declare no backward."""
+    return KERNEL_BACKENDS[backend].run_forward(q, k, v, softmax_scale, causal, bottom_right)
+
+
+@cuda_forward.register_fake
+def _cuda_forward_fake(q, k, v, softmax_scale, causal, bottom_right, backend):
+    batch, seqlen_q, n_heads, _ = q.shape
+    return q.new_empty(q.shape), q.new_empty((batch, n_heads, seqlen_q), dtype=torch.float32)
 
 SCHEDULES = ("warp-first", "round-robin", "reverse", "random")
 CP_ASYNC_MODES = ("issue", "wait")

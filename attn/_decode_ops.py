@@ -1,8 +1,9 @@
-"""``torch.library`` custom op for the Triton decode kernel.
+"""``torch.library`` custom op for the decode kernels (Triton and CUDA C++).
 
-``attn::flash_attn_decode(q, k_cache, v_cache, seqlens_k, ...) -> (out, lse)`` wraps the Triton
-launcher so ``torch.compile(fullgraph=True)`` treats a decode step as one opaque op (Dynamo cannot
-trace a kernel launch, nor the interpreter), with a fake implementation for shapes. The op does
+``attn::flash_attn_decode(q, k_cache, v_cache, seqlens_k, ..., backend) -> (out, lse)`` wraps the
+launcher of ``backend`` ("triton", "cuda" or "cuda-sim") so ``torch.compile(fullgraph=True)``
+treats a decode step as one opaque op (Dynamo cannot trace a kernel launch, nor the interpreter or
+the emulator), with a fake implementation for shapes. The op does
 not mutate the cache: appending new keys/values is plain PyTorch indexing that Dynamo traces.
 Decode has no backward, so the op registers no autograd formula.
 """
@@ -20,30 +21,43 @@ def flash_attn_decode(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seqlens_k: torch.Tensor,
     cache_batch_idx: Optional[torch.Tensor], block_table: Optional[torch.Tensor],
     alibi_slopes: Optional[torch.Tensor], softmax_scale: float, causal: bool, window_left: int,
-    window_right: int, softcap: float, num_splits: int,
+    window_right: int, softcap: float, num_splits: int, backend: str = "triton",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``q (B, Sq, H, D)`` against ``seqlens_k (B,)`` int32 keys per sequence of a contiguous
     ``(B_cache, S_max, Hkv, D)`` or paged ``(num_blocks, page_size, Hkv, D)`` cache
     -> ``out (B, Sq, H, D)`` in q's dtype, ``lse (B, H, Sq)`` fp32 (bottom-right alignment)."""
-    from attn.triton.decode import attention_decode
-
     spec = AttentionSpec(
         softmax_scale=softmax_scale, causal=causal, window_left=window_left, window_right=window_right,
         bottom_right=True, softcap=softcap, alibi_slopes=alibi_slopes,
     )
-    return attention_decode(q, k_cache, v_cache, seqlens_k, cache_batch_idx, block_table, spec, num_splits)
+    return _launcher(backend)(q, k_cache, v_cache, seqlens_k, cache_batch_idx, block_table, spec, num_splits)
+
+
+def _launcher(backend: str):
+    """The decode launcher of a kernel backend (imported here: each pulls in its toolchain)."""
+    if backend == "triton":
+        from attn.triton.decode import attention_decode
+
+        return attention_decode
+    from attn._cuda_backend import KERNEL_BACKENDS
+
+    if backend not in KERNEL_BACKENDS:
+        raise ValueError(f"attn::flash_attn_decode: argument 'backend' expected 'triton', 'cuda' or 'cuda-sim', "
+                         f"got {backend!r}")
+    return KERNEL_BACKENDS[backend].run_decode
 
 
 @flash_attn_decode.register_fake
 def _flash_attn_decode_fake(q, k_cache, v_cache, seqlens_k, cache_batch_idx, block_table, alibi_slopes,
-                            softmax_scale, causal, window_left, window_right, softcap, num_splits):
+                            softmax_scale, causal, window_left, window_right, softcap, num_splits, backend="triton"):
     batch, seqlen_q, n_heads, _ = q.shape
     return q.new_empty(q.shape), q.new_empty((batch, n_heads, seqlen_q), dtype=torch.float32)
 
 
-def decode(q, k_cache, v_cache, seqlens_k, cache_batch_idx, block_table, spec: AttentionSpec, num_splits: int):
-    """The Triton backend's ``decode`` through the op (same signature as the backend method)."""
+def decode(q, k_cache, v_cache, seqlens_k, cache_batch_idx, block_table, spec: AttentionSpec, num_splits: int,
+           backend: str):
+    """A kernel backend's ``decode`` through the op (the backend method's signature plus its name)."""
     return flash_attn_decode(
         q, k_cache, v_cache, seqlens_k, cache_batch_idx, block_table, spec.alibi_slopes, spec.softmax_scale,
-        spec.causal, spec.window_left, spec.window_right, spec.softcap, num_splits,
+        spec.causal, spec.window_left, spec.window_right, spec.softcap, num_splits, backend,
     )

@@ -183,3 +183,23 @@ def test_each_cache_byte_is_read_once(seqlen_q, group, page_size, num_splits):
     else:  # one copy of the (seqlen_q x group)-row query tile per block that has keys
         tile_bytes = seqlen_q * group * head_dim * 2
         assert query_copies % tile_bytes == 0 and 0 < query_copies <= tile_bytes * stats["blocks"], query_copies
+
+
+def test_compiles_without_graph_breaks():
+    """Under torch.compile(fullgraph=True) the CUDA decode runs as the attn::flash_attn_decode op
+    (a launch through data pointers cannot be traced) and gives the eager result bit for bit;
+    opcheck validates the op's schema and fake implementation for this backend."""
+    from attn._decode_ops import flash_attn_decode
+
+    case = _case((2, 300), 8, 16, False, torch.float16, 64, seed=8)
+
+    def step(q, k_cache, v_cache, cache_seqlens, block_table):
+        return attn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=cache_seqlens, block_table=block_table,
+                                            causal=True, return_softmax_lse=True, backend="cuda-sim")
+
+    args = (case.q, case.k_cache, case.v_cache, case.cache_seqlens, case.block_table)
+    eager = step(*args)
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")(*args)
+    assert all(torch.equal(a, b) for a, b in zip(eager, compiled))
+    torch.library.opcheck(flash_attn_decode, (case.q, case.k_cache, case.v_cache, case.seqlens_k.int(), None,
+                                              case.block_table, None, 0.125, True, -1, 0, 0.0, 3, "cuda-sim"))

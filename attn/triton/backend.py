@@ -36,7 +36,8 @@ class TritonBackend:
     def decode(self, q, k_cache, v_cache, seqlens_k, cache_batch_idx, block_table, spec: AttentionSpec,
                num_splits: int):
         # Through the custom op: opaque to torch.compile (no graph break).
-        return _decode_ops.decode(q, k_cache, v_cache, seqlens_k, cache_batch_idx, block_table, spec, num_splits)
+        return _decode_ops.decode(q, k_cache, v_cache, seqlens_k, cache_batch_idx, block_table, spec, num_splits,
+                                  "triton")
 
 
 BACKEND = TritonBackend()
