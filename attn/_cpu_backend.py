@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from attn import _cpu, reference
+from attn import _cpu, _decode_ops, _kernel_ops, reference
 from attn._alloc import empty
 from attn._spec import AttentionSpec
 from attn._torch_backend import TORCH
@@ -143,7 +143,7 @@ class _CPUAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, spec):
-        out, lse = attention_forward(q, k, v, spec)
+        out, lse = _kernel_ops.forward(q, k, v, spec, "cpu")
         ctx.save_for_backward(q, k, v)
         ctx.spec = spec
         ctx.mark_non_differentiable(lse)
@@ -173,11 +173,13 @@ class CPUBackend:
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec):
         if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
             return _CPUAttention.apply(q, k, v, spec)
-        return attention_forward(q, k, v, spec)
+        # Through the op: opaque to torch.compile (a pybind11 launch cannot be traced).
+        return _kernel_ops.forward(q, k, v, spec, "cpu")
 
     def decode(self, q, k_cache, v_cache, seqlens_k, cache_batch_idx, block_table, spec: AttentionSpec,
                num_splits: int):
-        return decode(q, k_cache, v_cache, seqlens_k, cache_batch_idx, block_table, spec, num_splits)
+        return _decode_ops.decode(q, k_cache, v_cache, seqlens_k, cache_batch_idx, block_table, spec, num_splits,
+                                  "cpu")
 
 
 CPU = CPUBackend()

@@ -7,8 +7,8 @@
   :func:`emulator` chooses its schedule and cp.async landing mode.
 
 Forward: fp16/bf16 ``q (B, Sq, H, D)``, ``k, v (B, Sk, Hkv, D)`` with any strides (last dim
-contiguous), causal masking in both alignments, GQA/MQA, the fp32 LSE. Head dims without a
-compiled kernel are zero-padded to the next one.
+contiguous), causal masking and sliding windows in both alignments, softcap, ALiBi, GQA/MQA, the
+fp32 LSE. Head dims without a compiled kernel are zero-padded to the next one.
 
 Decode (``flash_attn_with_kvcache``): split-KV against a contiguous or paged cache (any page
 size), GQA packed so each K/V byte is read once per group, causal / window / softcap / ALiBi,
@@ -24,7 +24,7 @@ from typing import Iterator, Optional
 import torch
 import torch.nn.functional as F
 
-from attn import _decode_ops
+from attn import _decode_ops, _kernel_ops
 from attn._alloc import empty
 from attn._spec import AttentionSpec
 from attn._splits import decode_num_splits
@@ -60,7 +60,7 @@ def _int32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 
 class _KernelBackend:
     capabilities = {
-        "forward": frozenset({"causal", "return_lse"}),
+        "forward": frozenset({"causal", "window_size", "softcap", "alibi_slopes", "return_lse"}),
         "decode": frozenset({"causal", "window_size", "softcap", "alibi_slopes", "return_lse"}),
     }
 
@@ -110,11 +110,10 @@ class _KernelBackend:
         custom op (opaque to torch.compile: no graph break)."""
         self._check_dtype(q.dtype)
         self._kernel_head_dim(q.shape[3])
-        return cuda_forward(q, k, v, float(spec.softmax_scale), bool(spec.causal), bool(spec.bottom_right), self.name)
+        return _kernel_ops.forward(q, k, v, spec, self.name)
 
-    def run_forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float, causal: bool,
-                    bottom_right: bool):
-        """Launches the forward kernel (the body of the ``attn::cuda_forward`` op)."""
+    def run_forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec):
+        """Launches the forward kernel (the body of the ``attn::kernel_forward`` op)."""
         ext = self._ext()
         batch, seqlen_q, n_heads, head_dim = q.shape
         seqlen_k, n_kv_heads = k.shape[1], k.shape[2]
@@ -124,10 +123,12 @@ class _KernelBackend:
         q, k, v = (_aligned(t) for t in (q, k, v))
         out = empty((batch, seqlen_q, n_heads, kernel_dim), q.dtype, q.device)
         lse = empty((batch, n_heads, seqlen_q), torch.float32, q.device)
+        ptrs = [t.data_ptr() for t in (q, k, v, out, lse)]
+        ptrs.append(0 if spec.alibi_slopes is None else spec.alibi_slopes.data_ptr())
         strides = [*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *lse.stride()[:2]]
         sizes = [batch, n_heads, n_kv_heads, seqlen_q, seqlen_k, kernel_dim]
-        args = (q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(), strides, sizes,
-                _DTYPE_CODES[q.dtype], softmax_scale, causal, seqlen_k - seqlen_q if bottom_right else 0)
+        args = (ptrs, strides, sizes, _DTYPE_CODES[q.dtype], float(spec.softmax_scale), float(spec.softcap),
+                spec.diagonal_offset(seqlen_q, seqlen_k), *spec.window_bounds(seqlen_q, seqlen_k))
         self._launch(ext.forward, q, args)
         if kernel_dim != head_dim:
             out = out[..., :head_dim].contiguous()
@@ -217,22 +218,7 @@ class CudaSimBackend(_KernelBackend):
 
 CUDA = CudaBackend("cuda", "attn._cuda", "cuda")
 CUDA_SIM = CudaSimBackend("cuda-sim", "attn._cuda_sim", "cpu")
-KERNEL_BACKENDS = {b.name: b for b in (CUDA, CUDA_SIM)}
 
-
-@torch.library.custom_op("attn::cuda_forward", mutates_args=())
-def cuda_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float, causal: bool,
-                 bottom_right: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The CUDA C++ forward of ``backend`` ("cuda" or "cuda-sim") as one op, so that
-    ``torch.compile(fullgraph=True)`` traces it (a kernel launch through data pointers cannot be
-    traced). No autograd: these backends declare no backward."""
-    return KERNEL_BACKENDS[backend].run_forward(q, k, v, softmax_scale, causal, bottom_right)
-
-
-@cuda_forward.register_fake
-def _cuda_forward_fake(q, k, v, softmax_scale, causal, bottom_right, backend):
-    batch, seqlen_q, n_heads, _ = q.shape
-    return q.new_empty(q.shape), q.new_empty((batch, n_heads, seqlen_q), dtype=torch.float32)
 
 SCHEDULES = ("warp-first", "round-robin", "reverse", "random")
 CP_ASYNC_MODES = ("issue", "wait")

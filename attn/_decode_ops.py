@@ -1,7 +1,7 @@
-"""``torch.library`` custom op for the decode kernels (Triton and CUDA C++).
+"""``torch.library`` custom op for the decode kernels (Triton, CUDA C++ and C++ CPU).
 
 ``attn::flash_attn_decode(q, k_cache, v_cache, seqlens_k, ..., backend) -> (out, lse)`` wraps the
-launcher of ``backend`` ("triton", "cuda" or "cuda-sim") so ``torch.compile(fullgraph=True)``
+launcher of ``backend`` ("triton", "cuda", "cuda-sim" or "cpu") so ``torch.compile(fullgraph=True)``
 treats a decode step as one opaque op (Dynamo cannot trace a kernel launch, nor the interpreter or
 the emulator), with a fake implementation for shapes. The op does
 not mutate the cache: appending new keys/values is plain PyTorch indexing that Dynamo traces.
@@ -13,6 +13,7 @@ from typing import Optional
 
 import torch
 
+from attn._kernel_ops import launcher
 from attn._spec import AttentionSpec
 
 
@@ -30,21 +31,7 @@ def flash_attn_decode(
         softmax_scale=softmax_scale, causal=causal, window_left=window_left, window_right=window_right,
         bottom_right=True, softcap=softcap, alibi_slopes=alibi_slopes,
     )
-    return _launcher(backend)(q, k_cache, v_cache, seqlens_k, cache_batch_idx, block_table, spec, num_splits)
-
-
-def _launcher(backend: str):
-    """The decode launcher of a kernel backend (imported here: each pulls in its toolchain)."""
-    if backend == "triton":
-        from attn.triton.decode import attention_decode
-
-        return attention_decode
-    from attn._cuda_backend import KERNEL_BACKENDS
-
-    if backend not in KERNEL_BACKENDS:
-        raise ValueError(f"attn::flash_attn_decode: argument 'backend' expected 'triton', 'cuda' or 'cuda-sim', "
-                         f"got {backend!r}")
-    return KERNEL_BACKENDS[backend].run_decode
+    return launcher("decode", backend)(q, k_cache, v_cache, seqlens_k, cache_batch_idx, block_table, spec, num_splits)
 
 
 @flash_attn_decode.register_fake

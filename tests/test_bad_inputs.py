@@ -411,8 +411,8 @@ def csa_nan(backend):
 # ---- the matrix --------------------------------------------------------------------------------
 
 F64, I32 = (lambda t: t.double()), (lambda t: t.int())
-TRITON_CPU_REFERENCE = "backends that support it: ['triton', 'cpu', 'reference']"
-DECODE_BACKENDS = "backends that support it: ['triton', 'cpu', 'reference', 'cuda', 'cuda-sim']"
+# Every backend with the option (softcap) or op (decode) that "torch" lacks.
+KERNEL_BACKENDS = "backends that support it: ['triton', 'cpu', 'reference', 'cuda', 'cuda-sim']"
 NOPE = ("'backend'", "'nope'")
 
 ROWS = [
@@ -440,7 +440,7 @@ ROWS = [
     Row("flash_attn_func", "bad_window", fa(window_size=(-2, 0), backend="cpu"), ValueError,
         ("'window_size'", "(-2, 0)"), variant="negative"),
     Row("flash_attn_func", "unsupported_option", fa(softcap=30.0, backend="torch"), NotImplementedError,
-        ("'softcap'", "backend 'torch'", TRITON_CPU_REFERENCE)),
+        ("'softcap'", "backend 'torch'", KERNEL_BACKENDS)),
     Row("flash_attn_func", "unknown_backend", fa(backend="nope"), ValueError, NOPE),
 
     # scaled_dot_product_attention: (B, H, S, D)
@@ -539,7 +539,7 @@ ROWS = [
     Row("flash_attn_with_kvcache", "bad_window", kv(window_size=(-5, 0), backend="triton"), ValueError,
         ("'window_size'", "(-5, 0)"), variant="negative"),
     Row("flash_attn_with_kvcache", "unsupported_option", kv(backend="torch"), NotImplementedError,
-        ("'decode'", "backend 'torch'", DECODE_BACKENDS)),
+        ("'decode'", "backend 'torch'", KERNEL_BACKENDS)),
     Row("flash_attn_with_kvcache", "unsupported_option", kv(rotary_cos=torch.ones(48, 16)), NotImplementedError,
         ("'rotary_cos'", "not supported by any backend"), variant="rotary"),
     Row("flash_attn_with_kvcache", "unknown_backend", kv(backend="nope"), ValueError, NOPE),
@@ -596,7 +596,7 @@ ROWS = [
     Row("KVCache.attend", "bad_window", cache_call("attend", window_size=(-2, 0)), ValueError, ("'window_size'",),
         names="flash_attn_with_kvcache"),
     Row("KVCache.attend", "unsupported_option", cache_call("attend", backend="torch"), NotImplementedError,
-        ("'decode'", "backend 'torch'", DECODE_BACKENDS), names="flash_attn_with_kvcache"),
+        ("'decode'", "backend 'torch'", KERNEL_BACKENDS), names="flash_attn_with_kvcache"),
     Row("KVCache.attend", "unknown_backend", cache_call("attend", backend="nope"), ValueError, NOPE,
         names="flash_attn_with_kvcache"),
 
@@ -683,7 +683,7 @@ ROWS = [
         ("'x'", "B, L >= 1", "(0, 5, 32)")),
     *(Row("CausalSelfAttention.forward", "nan_inf", csa_nan(b), None, variant=b) for b in ("triton", "cpu")),
     Row("CausalSelfAttention.forward", "unsupported_option", csa(backend="torch", softcap=30.0), NotImplementedError,
-        ("'softcap'", "backend 'torch'", TRITON_CPU_REFERENCE), names="flash_attn_func"),
+        ("'softcap'", "backend 'torch'", KERNEL_BACKENDS), names="flash_attn_func"),
 
     Row("use_backend", "unknown_backend", lambda: Call(lambda: attn.use_backend("nope").__enter__()), ValueError,
         ("'name'", "'nope'")),

@@ -132,3 +132,24 @@ def test_backend_decode_protocol():
                                             dtype=torch.float64)
     assert_parity(out, ref, None)
     assert_parity(lse, ref_lse.double(), None, what="lse")
+
+
+def test_compiles_without_graph_breaks():
+    """Under torch.compile(fullgraph=True) the C++ decode runs as the attn::flash_attn_decode op
+    and equals eager bit for bit; opcheck validates the op for this backend."""
+    from _decode_cases import make_case
+
+    from attn._decode_ops import flash_attn_decode
+
+    case = make_case(batch=2, seqlen_q=2, n_heads=4, n_kv_heads=2, head_dim=32, seqlens_k=[90, 7], capacity=96,
+                     page_size=16, append=False, dtype=torch.bfloat16, device="cpu", seed=2)
+
+    def step(q, k_cache, v_cache, cache_seqlens, block_table):
+        return attn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=cache_seqlens, block_table=block_table,
+                                            causal=True, return_softmax_lse=True, backend="cpu")
+
+    args = (case.q, case.k_cache, case.v_cache, case.cache_seqlens, case.block_table)
+    eager, compiled = step(*args), torch.compile(step, fullgraph=True, backend="aot_eager")(*args)
+    assert all(torch.equal(a, b) for a, b in zip(eager, compiled))
+    torch.library.opcheck(flash_attn_decode, (case.q, case.k_cache, case.v_cache, case.seqlens_k.int(), None,
+                                              case.block_table, None, 0.2, True, -1, 0, 0.0, 3, "cpu"))

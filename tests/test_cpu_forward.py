@@ -213,3 +213,20 @@ def test_unknown_isa_is_a_clear_error(isa):
     q, k, v = make_qkv(1, 8, 8, 1, 1, 16, torch.float32, "bshd", "cpu", seed=10)
     with pytest.raises(ValueError, match="sse9"):
         attn.flash_attn_func(q, k, v, backend="cpu")
+
+
+def test_compiles_without_graph_breaks():
+    """Inference under torch.compile(fullgraph=True): the C++ forward runs as the
+    attn::kernel_forward op (a pybind11 launch cannot be traced) and equals eager bit for bit;
+    opcheck validates the op with a mask, ALiBi, a window and softcap."""
+    from attn._kernel_ops import kernel_forward
+
+    gen = torch.Generator().manual_seed(6)
+    q, k, v = (random_tensor((2, 40, h, 32), torch.float32, generator=gen) for h in (4, 2, 2))
+
+    def call(q, k, v):
+        return attn.flash_attn_func(q, k, v, causal=True, window_size=(16, 0), backend="cpu")
+
+    assert torch.equal(call(q, k, v), torch.compile(call, fullgraph=True, backend="aot_eager")(q, k, v))
+    bias = torch.randn(2, 4, 40, 40, generator=gen)
+    torch.library.opcheck(kernel_forward, (q, k, v, bias, torch.rand(2, 4), 0.2, 10, 3, True, 20.0, "cpu"))

@@ -2,9 +2,10 @@
 
 Every case runs under an emulator schedule and cp.async landing mode, so races (missing
 barriers, missing cp.async waits) that a lucky order would hide show up as NaN or wrong values.
-The default run covers every combination of dtype, head dim, heads and causal mode, with the
-shapes and the eight schedule x cp.async pairs rotating through them; ``-m slow`` runs the full product under all eight
-schedule/cp.async combinations.
+The default run covers every combination of dtype, head dim, heads and mode (none, causal in both
+alignments, causal sliding window, two-sided window, softcap, ALiBi), with the shapes and the eight
+schedule x cp.async pairs rotating through them; ``-m slow`` runs the full product under all
+eight schedule/cp.async combinations.
 """
 import itertools
 import math
@@ -21,7 +22,16 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 HEAD_DIMS = [64, 128]
 SHAPES = [(1, 1), (17, 17), (113, 203), (128, 128), (203, 113), (256, 512)]
 HEADS = {"mha": (2, 2), "gqa": (4, 2), "mqa": (3, 1)}
-MODES = ["none", "causal", "causal_topleft"]
+MODES = ["none", "causal", "causal_topleft", "window", "local", "softcap", "alibi"]
+# flash_attn_func options of each mode but "causal_topleft" (SDPA's is_causal, run separately).
+MODE_OPTIONS = {
+    "none": {},
+    "causal": dict(causal=True),
+    "window": dict(window_size=(37, 0)),  # causal sliding window
+    "local": dict(window_size=(50, 20)),
+    "softcap": dict(causal=True, softcap=15.0),
+    "alibi": dict(alibi=True),
+}
 EMULATIONS = list(itertools.product(SCHEDULES, CP_ASYNC_MODES))
 GRID = dict(dtype=list(DTYPES), head_dim=HEAD_DIMS, shape=SHAPES, heads=list(HEADS), mode=MODES)
 
@@ -52,6 +62,9 @@ def run_case(case, batch=1):
     q = random_tensor((batch, seqlen_q, n_heads, head_dim), dtype, generator=gen)
     k = random_tensor((batch, seqlen_k, n_kv_heads, head_dim), dtype, generator=gen)
     v = random_tensor((batch, seqlen_k, n_kv_heads, head_dim), dtype, generator=gen)
+    options = dict(MODE_OPTIONS.get(mode, {}))
+    if options.pop("alibi", False):
+        options["alibi_slopes"] = torch.rand(n_heads, generator=gen) * 0.5
     schedule, cp_async = case["emulation"]
     with emulator(schedule=schedule, seed=zlib.crc32(_ids(case).encode()), cp_async=cp_async):
         if mode == "causal_topleft":
@@ -61,9 +74,8 @@ def run_case(case, batch=1):
             ).transpose(1, 2)
             lse = None
         else:
-            out, lse, _ = attn.flash_attn_func(q, k, v, causal=mode == "causal", return_attn_probs=True,
-                                               backend="cuda-sim")
-    ref_kwargs = dict(causal=mode != "none", bottom_right=mode != "causal_topleft")
+            out, lse, _ = attn.flash_attn_func(q, k, v, return_attn_probs=True, backend="cuda-sim", **options)
+    ref_kwargs = dict(causal=True, bottom_right=False) if mode == "causal_topleft" else options
     ref, ref_lse = attn.reference.attention(q, k, v, dtype=torch.float64, **ref_kwargs)
     pt, pt_lse = attn.reference.attention(q, k, v, dtype=dtype, **ref_kwargs)
     result = assert_parity(out, ref, pt, factor=2.0)
@@ -172,10 +184,11 @@ def test_causal_skips_fully_masked_tiles():
 
 def test_unsupported_options_name_the_option():
     q = random_tensor((1, 8, 1, 64), torch.float16)
-    with pytest.raises(NotImplementedError, match="window_size.*backends that support it"):
-        attn.flash_attn_func(q, q, q, window_size=(4, 4), backend="cuda-sim")
-    with pytest.raises(NotImplementedError, match="softcap"):
-        attn.flash_attn_func(q, q, q, softcap=5.0, backend="cuda-sim")
+    qt = q.transpose(1, 2)
+    with pytest.raises(NotImplementedError, match="attn_mask.*backends that support it"):
+        attn.scaled_dot_product_attention(qt, qt, qt, attn_mask=torch.ones(8, 8, dtype=torch.bool), backend="cuda-sim")
+    with pytest.raises(NotImplementedError, match="backward"):
+        attn.flash_attn_func(q.clone().requires_grad_(), q, q, backend="cuda-sim")
     with pytest.raises(NotImplementedError, match="float32"):
         attn.flash_attn_func(q.float(), q.float(), q.float(), backend="cuda-sim")
 
@@ -188,9 +201,9 @@ def test_backend_availability_is_reported():
 
 
 def test_compiles_without_graph_breaks():
-    """Under torch.compile(fullgraph=True) the CUDA forward runs as the attn::cuda_forward op and
+    """Under torch.compile(fullgraph=True) the CUDA forward runs as the attn::kernel_forward op and
     gives the eager result bit for bit; opcheck validates the op's schema and fake implementation."""
-    from attn._cuda_backend import cuda_forward
+    from attn._kernel_ops import kernel_forward
 
     gen = torch.Generator().manual_seed(3)
     q = random_tensor((1, 70, 4, 64), torch.bfloat16, generator=gen)
@@ -203,4 +216,5 @@ def test_compiles_without_graph_breaks():
     eager = call(q, k, v)[:2]  # out, lse (no probabilities)
     compiled = torch.compile(call, fullgraph=True, backend="aot_eager")(q, k, v)[:2]
     assert all(torch.equal(a, b) for a, b in zip(eager, compiled))
-    torch.library.opcheck(cuda_forward, (q, k, v, 0.125, True, True, "cuda-sim"))
+    torch.library.opcheck(kernel_forward, (q, k, v, None, None, 0.125, -1, 0, True, 0.0, "cuda-sim"))
+    torch.library.opcheck(kernel_forward, (q, k, v, None, torch.rand(4), 0.125, 20, 5, False, 12.0, "cuda-sim"))

@@ -72,11 +72,10 @@ PYBIND11_MODULE(MUTANT_NAME, m) {
     simt::options().schedule = static_cast<simt::Schedule>(schedule);
     simt::options().cp_async = land_at_wait ? simt::CpAsyncLanding::kAtWait : simt::CpAsyncLanding::kAtIssue;
   });
-  m.def("forward", [](uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse,
-                      const std::array<int64_t, 14>& strides, const std::array<int, 6>& sizes, int dtype,
-                      float scale, bool causal, int offset) {
+  m.def("forward", [](const std::array<uintptr_t, 6>& ptrs, const std::array<int64_t, 14>& strides,
+                      const std::array<int, 6>& sizes, int dtype, float scale, int offset) {
     attn::launch_fwd<64, simt::half>(
-        attn::make_fwd_params(q, k, v, out, lse, strides, sizes, dtype, scale, causal, offset), nullptr);
+        attn::make_fwd_params(ptrs, strides, sizes, dtype, scale, 0.f, offset, 1 << 20, 0), nullptr);
   });
   m.def("decode", [](const std::array<uintptr_t, 11>& ptrs, const std::array<int64_t, 15>& strides,
                      const std::array<int, 7>& sizes, int dtype, float scale, float softcap, int left, int right) {
@@ -135,8 +134,8 @@ def _forward(mod, q, k, v):
     lse = torch.empty(q.shape[0], q.shape[2], q.shape[1])
     strides = [*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *lse.stride()[:2]]
     sizes = [q.shape[0], q.shape[2], k.shape[2], q.shape[1], k.shape[1], q.shape[3]]
-    mod.forward(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(), strides, sizes, 0,
-                q.shape[3] ** -0.5, True, k.shape[1] - q.shape[1])
+    ptrs = [q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(), 0]
+    mod.forward(ptrs, strides, sizes, 0, q.shape[3] ** -0.5, k.shape[1] - q.shape[1])  # causal, bottom-right
     return out
 
 

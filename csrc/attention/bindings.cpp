@@ -12,15 +12,14 @@ PYBIND11_MODULE(_cuda, m) {
   m.doc() = "CUDA forward and decode attention kernels (see attn/_cuda_backend.py for the Python side)";
   m.def(
       "forward",
-      [](uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse, const std::array<int64_t, 14>& strides,
-         const std::array<int, 6>& sizes, int dtype, float softmax_scale, bool causal, int diagonal_offset,
-         uintptr_t stream) {
-        const attn::FwdParams p =
-            attn::make_fwd_params(q, k, v, out, lse, strides, sizes, dtype, softmax_scale, causal, diagonal_offset);
+      [](const std::array<uintptr_t, 6>& ptrs, const std::array<int64_t, 14>& strides, const std::array<int, 6>& sizes,
+         int dtype, float softmax_scale, float softcap, int diagonal_offset, int window_left, int window_right, uintptr_t stream) {
+        const attn::FwdParams p = attn::make_fwd_params(ptrs, strides, sizes, dtype, softmax_scale, softcap,
+                                                        diagonal_offset, window_left, window_right);
         attn::run_fwd(p, reinterpret_cast<void*>(stream));
       },
-      py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"), py::arg("strides"), py::arg("sizes"),
-      py::arg("dtype"), py::arg("softmax_scale"), py::arg("causal"), py::arg("diagonal_offset"), py::arg("stream"));
+      py::arg("ptrs"), py::arg("strides"), py::arg("sizes"), py::arg("dtype"), py::arg("softmax_scale"),
+      py::arg("softcap"), py::arg("diagonal_offset"), py::arg("window_left"), py::arg("window_right"), py::arg("stream"));
   m.attr("head_dims") = attn::as_tuple(attn::kFwdHeadDims);
   m.def(
       "decode",

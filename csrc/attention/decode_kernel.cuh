@@ -23,6 +23,7 @@
 #include "../simt/simt.h"
 #include "online_softmax.cuh"
 #include "params.h"
+#include "score_rule.cuh"
 #include "tile_pipeline.cuh"
 
 namespace attn {
@@ -72,15 +73,16 @@ struct CacheRows {
 };
 
 // Everything a split block derives from its block index: its sequence, kv head, packed rows,
-// key range and the score transform.
+// key range and score rule.
 template <typename T>
 struct DecodeBlock {
   int batch, kv_head, split, group, n_rows, m0, rows_here;
-  int seqlen_k, diag;                // query token i sits at key position i + diag
+  int diag;                          // query token i sits at key position i + diag
   int key_begin, key_end;            // this split's keys, whole tiles
-  float scale_log2, softcap_log2, softcap_inv_scale;
+  ScoreRule rule;
 
-  __device__ __forceinline__ DecodeBlock(const DecodeParams& p, int block_m, int block_n) {
+  __device__ __forceinline__ DecodeBlock(const DecodeParams& p, int block_m, int block_n)
+      : rule(p.softmax_scale, p.softcap, p.seqlens_k[blockIdx.y / p.n_kv_heads], p.window_left, p.window_right) {
     const int n_kv_heads = p.n_kv_heads;
     batch = blockIdx.y / n_kv_heads;
     kv_head = blockIdx.y % n_kv_heads;
@@ -89,13 +91,11 @@ struct DecodeBlock {
     n_rows = p.seqlen_q * group;
     m0 = blockIdx.x * block_m;
     rows_here = imin(block_m, n_rows - m0);
-    seqlen_k = p.seqlens_k[batch];
-    diag = seqlen_k - p.seqlen_q;
+    diag = rule.seqlen_k - p.seqlen_q;
 
     // Keys some row of this tile sees, rounded out to tiles, then this split's share of them.
-    const int first_pos = m0 / group + diag, last_pos = (m0 + rows_here - 1) / group + diag;
-    const int lo = imax(first_pos - p.window_left, 0);
-    const int hi = imin(last_pos + p.window_right + 1, seqlen_k);
+    int lo, hi;
+    rule.key_range(m0 / group + diag, (m0 + rows_here - 1) / group + diag, lo, hi);
     key_begin = key_end = 0;
     if (hi > lo) {
       const int start = lo / block_n * block_n;
@@ -105,13 +105,6 @@ struct DecodeBlock {
       key_begin = imin(start + split * per_split * block_n, end);
       key_end = imin(key_begin + per_split * block_n, end);
     }
-    if (p.softcap > 0.f) {
-      softcap_log2 = p.softcap * kLog2e;
-      softcap_inv_scale = p.softmax_scale / p.softcap;
-    } else {
-      softcap_log2 = softcap_inv_scale = 0.f;
-    }
-    scale_log2 = p.softmax_scale * kLog2e;
   }
 
   __device__ __forceinline__ int token(int row) const { return row / group; }
@@ -123,12 +116,8 @@ struct DecodeBlock {
   }
 
   // Raw q.k of a query at token `tok` and key `key` -> log2-domain score, -inf where invisible.
-  __device__ __forceinline__ float score(const DecodeParams& p, float qk, float slope, int tok, int key) const {
-    float s = softcap_log2 > 0.f ? softcap_log2 * tanhf(qk * softcap_inv_scale) : qk * scale_log2;
-    const int pos = tok + diag;
-    s -= slope * fabsf(static_cast<float>(pos - key));
-    const bool visible = key < seqlen_k && key >= pos - p.window_left && key <= pos + p.window_right;
-    return visible ? s : -INFINITY;
+  __device__ __forceinline__ float score(float qk, float slope, int tok, int key) const {
+    return rule.score<true>(qk, slope, tok + diag, key);
   }
 
   __device__ __forceinline__ const T* q_row(const DecodeParams& p, int row) const {
@@ -196,13 +185,13 @@ __global__ void __launch_bounds__(MmaTile<D>::kThreads) decode_mma_kernel(const 
     auto scores = [&](auto& s, int n0) {
       for_each_score(s, warp_row0, n0, [&](float& x, int row, int col) {
         const int i = (row - warp_row0) / 8;
-        x = blk.score(p, x, slope[i], tok[i], col);
+        x = blk.score(x, slope[i], tok[i], col);
       });
     };
     const CacheRows<T> k_rows = blk.cache_rows(p, p.k_cache, p.k_batch_stride, p.k_row_stride, p.k_head_stride);
     const CacheRows<T> v_rows = blk.cache_rows(p, p.v_cache, p.v_batch_stride, p.v_row_stride, p.v_head_stride);
     const int n_tiles = (blk.key_end - blk.key_begin) / kBlockN;
-    attend_key_tiles<D, T>(smem, blk.key_begin, n_tiles, blk.seqlen_k, k_rows, v_rows, scores,
+    attend_key_tiles<D, T>(smem, blk.key_begin, n_tiles, blk.rule.seqlen_k, k_rows, v_rows, scores,
                            warp_row0 < blk.rows_here, o, rows);
   }
 
@@ -264,9 +253,9 @@ __global__ void __launch_bounds__(FmaTile<D>::kThreads) decode_fma_kernel(const 
     auto load_tiles = [&](int n) {
       const int n0 = blk.key_begin + n * kBlockN, buffer = n % 2;
       load_rows_async<D, kBlockN, Tile::kThreads, kPitch>(
-          k_smem + buffer * Tile::kKVElems, [=](int r) { return k_rows(n0 + r); }, blk.seqlen_k - n0);
+          k_smem + buffer * Tile::kKVElems, [=](int r) { return k_rows(n0 + r); }, blk.rule.seqlen_k - n0);
       load_rows_async<D, kBlockN, Tile::kThreads, kPitch>(
-          v_smem + buffer * Tile::kKVElems, [=](int r) { return v_rows(n0 + r); }, blk.seqlen_k - n0);
+          v_smem + buffer * Tile::kKVElems, [=](int r) { return v_rows(n0 + r); }, blk.rule.seqlen_k - n0);
       simt::cp_async_commit();
     };
     load_tiles(0);
@@ -313,7 +302,7 @@ __global__ void __launch_bounds__(FmaTile<D>::kThreads) decode_fma_kernel(const 
       SIMT_UNROLL
       for (int i = 0; i < kMaxRows / kGroups; ++i) {
         const int r = key_row_first + kGroups * i;
-        if (r < rows) s_smem[r * kBlockN + key] = blk.score(p, acc[i], slope[i], tok[i], n0 + key);
+        if (r < rows) s_smem[r * kBlockN + key] = blk.score(acc[i], slope[i], tok[i], n0 + key);
       }
       __syncthreads();  // every score written before the softmax reads its row
 

@@ -2,10 +2,10 @@
 //
 // One block computes a 64-row query tile of one (batch, head) with the key loop of
 // tile_pipeline.cuh: 4 warps of 16 query rows, Q fragments in registers, K and V tiles
-// double-buffered through shared memory by cp.async. Only the key range (the causal diagonal
-// bounds it) and the masking are the forward's own:
-//
-//   O /= rowsum; lse = m + log(rowsum)
+// double-buffered through shared memory by cp.async. The forward's own parts: the key range
+// (the causal diagonal and the window bound it), the scores (score_rule.cuh: only tiles that
+// cross a mask edge pay for the mask) and the normalization O /= rowsum, lse = m + log(rowsum).
+// kMods instantiates softcap and ALiBi; without them the scores are a plain scale.
 //
 // Shared memory per block: Q (64 x D) + 2 x K (kBlockN x D) + 2 x V (kBlockN x D), each row
 // padded by 16 bytes (MmaTile::kPitch).
@@ -16,11 +16,12 @@
 #include "../simt/simt.h"
 #include "online_softmax.cuh"
 #include "params.h"
+#include "score_rule.cuh"
 #include "tile_pipeline.cuh"
 
 namespace attn {
 
-template <int D, typename T>
+template <int D, typename T, bool kMods>
 __global__ void __launch_bounds__(MmaTile<D>::kThreads) fwd_kernel(const FwdParams p) {
   using Tile = MmaTile<D>;
   constexpr int kBlockM = Tile::kBlockM, kBlockN = Tile::kBlockN;
@@ -39,11 +40,13 @@ __global__ void __launch_bounds__(MmaTile<D>::kThreads) fwd_kernel(const FwdPara
   T* out = static_cast<T*>(p.out) + batch * p.out_batch_stride + head * p.out_head_stride;
   float* lse = p.lse + batch * p.lse_batch_stride + head * p.lse_head_stride;
 
-  // Keys visible to some row of this tile: [0, key_end). The last row, m0 + kBlockM - 1,
-  // sees keys up to m0 + kBlockM - 1 + offset under causal masking.
-  const int causal_end = m0 + kBlockM + p.diagonal_offset;
-  const int key_end = p.causal && causal_end < p.seqlen_k ? causal_end : p.seqlen_k;
-  const int n_tiles = key_end > 0 ? (key_end + kBlockN - 1) / kBlockN : 0;
+  // Keys some row of this tile sees, rounded out to whole tiles.
+  const ScoreRule rule(p.softmax_scale, p.softcap, p.seqlen_k, p.window_left, p.window_right);
+  const int last_row = (m0 + kBlockM < p.seqlen_q ? m0 + kBlockM : p.seqlen_q) - 1;
+  int key_lo, key_hi;
+  rule.key_range(m0 + p.diagonal_offset, last_row + p.diagonal_offset, key_lo, key_hi);
+  const int key_begin = key_lo / kBlockN * kBlockN;
+  const int n_tiles = key_hi > key_lo ? (key_hi - key_begin + kBlockN - 1) / kBlockN : 0;
 
   float o[kOutTiles][4] = {};
   RowState rows;
@@ -54,21 +57,22 @@ __global__ void __launch_bounds__(MmaTile<D>::kThreads) fwd_kernel(const FwdPara
     const int64_t q_stride = p.q_row_stride, k_stride = p.k_row_stride, v_stride = p.v_row_stride;
     load_rows_async<D, kBlockM, Tile::kThreads, Tile::kPitch>(
         smem, [=](int r) { return q + (m0 + r) * q_stride; }, p.seqlen_q - m0);
-    const float scale_log2 = p.softmax_scale * kLog2e;
-    // Scale, then mask keys past the end (j >= seqlen_k) and, with causal, past the diagonal
-    // (j > i + offset); only tiles that cross one of those edges pay for the mask.
+    const float slope_log2 = kMods && p.alibi_slopes != nullptr
+                                 ? p.alibi_slopes[batch * p.n_heads + head] * kLog2e : 0.f;
+    const int warp_pos0 = warp_row0 + p.diagonal_offset;  // key position of the warp's first row
     auto scores = [&](auto& s, int n0) {
-      for_each_score(s, warp_row0, n0, [&](float& x, int, int) { x *= scale_log2; });
-      const bool tile_crosses_edge = n0 + kBlockN > p.seqlen_k;
-      const bool tile_crosses_diagonal = p.causal && n0 + kBlockN - 1 > warp_row0 + p.diagonal_offset;
-      if (tile_crosses_edge || tile_crosses_diagonal) {
-        for_each_score(s, warp_row0, n0, [&](float& x, int row, int col) {
-          if (col >= p.seqlen_k || (p.causal && col > row + p.diagonal_offset)) x = -INFINITY;
+      if (rule.all_visible(warp_pos0, warp_pos0 + 15, n0, n0 + kBlockN)) {
+        for_each_score(s, warp_pos0, n0, [&](float& x, int pos, int key) {
+          x = rule.transform<kMods>(x, slope_log2, pos, key);
+        });
+      } else {
+        for_each_score(s, warp_pos0, n0, [&](float& x, int pos, int key) {
+          x = rule.score<kMods>(x, slope_log2, pos, key);
         });
       }
     };
     attend_key_tiles<D, T>(
-        smem, 0, n_tiles, p.seqlen_k, [=](int j) { return k + j * k_stride; },
+        smem, key_begin, n_tiles, p.seqlen_k, [=](int j) { return k + j * k_stride; },
         [=](int j) { return v + j * v_stride; }, scores, true, o, rows);
   }
 
@@ -94,7 +98,11 @@ void launch_fwd(const FwdParams& p, void* stream) {
   using Tile = MmaTile<D>;
   const simt::Dim3 grid((p.seqlen_q + Tile::kBlockM - 1) / Tile::kBlockM, p.n_heads, p.batch);
   const size_t smem_bytes = Tile::kSmemElems * sizeof(T);
-  simt::launch(fwd_kernel<D, T>, grid, simt::Dim3(Tile::kThreads), smem_bytes, stream, p);
+  if (p.softcap > 0.f || p.alibi_slopes != nullptr) {
+    simt::launch(fwd_kernel<D, T, true>, grid, simt::Dim3(Tile::kThreads), smem_bytes, stream, p);
+  } else {
+    simt::launch(fwd_kernel<D, T, false>, grid, simt::Dim3(Tile::kThreads), smem_bytes, stream, p);
+  }
 }
 
 }  // namespace attn

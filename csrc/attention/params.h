@@ -16,6 +16,7 @@ struct FwdParams {
   const void* v;
   void* out;
   float* lse;
+  const float* alibi_slopes;  // (B, H) contiguous, or nullptr
 
   int64_t q_batch_stride, q_row_stride, q_head_stride;
   int64_t k_batch_stride, k_row_stride, k_head_stride;
@@ -27,9 +28,12 @@ struct FwdParams {
   DType dtype;
 
   float softmax_scale;
-  bool causal;
-  // With causal, query i sees keys j <= i + diagonal_offset: Sk - Sq (bottom-right) or 0 (top-left).
+  float softcap;  // 0: none (score_rule.cuh)
+  // Query i sits at key position i + diagonal_offset (Sk - Sq bottom-right, 0 top-left) and sees
+  // keys in [pos - window_left, pos + window_right]; causal is window_right = 0, and "unbounded"
+  // is passed as a width no sequence reaches (both >= 0).
   int diagonal_offset;
+  int window_left, window_right;
 };
 
 // Runs the forward kernel for p.dtype and p.head_dim on `stream` (a cudaStream_t, or ignored by

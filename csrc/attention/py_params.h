@@ -8,20 +8,24 @@
 #include <pybind11/stl.h>
 
 #include <array>
-#include <iterator>
-#include <vector>
 #include <cstdint>
+#include <iterator>
 #include <stdexcept>
+#include <vector>
 
 #include "params.h"
 
 namespace attn {
 
-// strides: (q, k, v, out) x (batch, row, head), then lse (batch, head);
-// sizes: batch, n_heads, n_kv_heads, seqlen_q, seqlen_k, head_dim.
 template <size_t N>
 void set_strides(int64_t* const (&fields)[N], const std::array<int64_t, N>& strides) {
   for (size_t i = 0; i < N; ++i) *fields[i] = strides[i];
+}
+
+inline void check_window(int window_left, int window_right) {
+  if (window_left < 0 || window_right < 0) {
+    throw std::invalid_argument("attn kernels: window widths must be >= 0 (pass a large width for unbounded)");
+  }
 }
 
 inline DType dtype_from_code(int dtype) {
@@ -31,15 +35,18 @@ inline DType dtype_from_code(int dtype) {
   return static_cast<DType>(dtype);
 }
 
-inline FwdParams make_fwd_params(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse,
-                                 const std::array<int64_t, 14>& strides, const std::array<int, 6>& sizes, int dtype,
-                                 float softmax_scale, bool causal, int diagonal_offset) {
+// pointers: q, k, v, out, lse, alibi_slopes (0 = absent); strides: (q, k, v, out) x (batch, row,
+// head), then lse (batch, head); sizes: batch, n_heads, n_kv_heads, seqlen_q, seqlen_k, head_dim.
+inline FwdParams make_fwd_params(const std::array<uintptr_t, 6>& ptrs, const std::array<int64_t, 14>& strides,
+                                 const std::array<int, 6>& sizes, int dtype, float softmax_scale, float softcap,
+                                 int diagonal_offset, int window_left, int window_right) {
   FwdParams p{};
-  p.q = reinterpret_cast<const void*>(q);
-  p.k = reinterpret_cast<const void*>(k);
-  p.v = reinterpret_cast<const void*>(v);
-  p.out = reinterpret_cast<void*>(out);
-  p.lse = reinterpret_cast<float*>(lse);
+  p.q = reinterpret_cast<const void*>(ptrs[0]);
+  p.k = reinterpret_cast<const void*>(ptrs[1]);
+  p.v = reinterpret_cast<const void*>(ptrs[2]);
+  p.out = reinterpret_cast<void*>(ptrs[3]);
+  p.lse = reinterpret_cast<float*>(ptrs[4]);
+  p.alibi_slopes = reinterpret_cast<const float*>(ptrs[5]);
   set_strides({&p.q_batch_stride, &p.q_row_stride, &p.q_head_stride, &p.k_batch_stride, &p.k_row_stride,
                &p.k_head_stride, &p.v_batch_stride, &p.v_row_stride, &p.v_head_stride, &p.out_batch_stride,
                &p.out_row_stride, &p.out_head_stride, &p.lse_batch_stride, &p.lse_head_stride},
@@ -50,10 +57,13 @@ inline FwdParams make_fwd_params(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_
   p.seqlen_q = sizes[3];
   p.seqlen_k = sizes[4];
   p.head_dim = sizes[5];
+  check_window(window_left, window_right);
   p.dtype = dtype_from_code(dtype);
   p.softmax_scale = softmax_scale;
-  p.causal = causal;
+  p.softcap = softcap;
   p.diagonal_offset = diagonal_offset;
+  p.window_left = window_left;
+  p.window_right = window_right;
   return p;
 }
 
@@ -92,9 +102,7 @@ inline DecodeParams make_decode_params(const std::array<uintptr_t, 11>& ptrs, co
     throw std::invalid_argument("attn decode: num_splits must be >= 1, with partial buffers when > 1");
   }
   if (p.block_table != nullptr && p.page_size < 1) throw std::invalid_argument("attn decode: page_size must be >= 1");
-  if (window_left < 0 || window_right < 0) {
-    throw std::invalid_argument("attn decode: window widths must be >= 0 (pass a large width for unbounded)");
-  }
+  check_window(window_left, window_right);
   p.dtype = dtype_from_code(dtype);
   p.softmax_scale = softmax_scale;
   p.softcap = softcap;

@@ -71,15 +71,15 @@ PYBIND11_MODULE(_cuda_sim, m) {
   m.def("reset_stats", &simt::reset_stats);
   m.def(
       "forward",
-      [](uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse, const std::array<int64_t, 14>& strides,
-         const std::array<int, 6>& sizes, int dtype, float softmax_scale, bool causal, int diagonal_offset) {
-        const attn::FwdParams p =
-            attn::make_fwd_params(q, k, v, out, lse, strides, sizes, dtype, softmax_scale, causal, diagonal_offset);
+      [](const std::array<uintptr_t, 6>& ptrs, const std::array<int64_t, 14>& strides, const std::array<int, 6>& sizes,
+         int dtype, float softmax_scale, float softcap, int diagonal_offset, int window_left, int window_right) {
+        const attn::FwdParams p = attn::make_fwd_params(ptrs, strides, sizes, dtype, softmax_scale, softcap,
+                                                        diagonal_offset, window_left, window_right);
         py::gil_scoped_release unlocked;
         attn::run_fwd(p, nullptr);
       },
-      py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"), py::arg("strides"), py::arg("sizes"),
-      py::arg("dtype"), py::arg("softmax_scale"), py::arg("causal"), py::arg("diagonal_offset"));
+      py::arg("ptrs"), py::arg("strides"), py::arg("sizes"), py::arg("dtype"), py::arg("softmax_scale"),
+      py::arg("softcap"), py::arg("diagonal_offset"), py::arg("window_left"), py::arg("window_right"));
   m.attr("head_dims") = attn::as_tuple(attn::kFwdHeadDims);
   m.def(
       "decode",
