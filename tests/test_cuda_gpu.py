@@ -9,13 +9,14 @@ import torch
 
 import attn
 from attn.testing import assert_parity, random_tensor
+from test_cuda_sim_forward import MODE_OPTIONS
 
 pytestmark = pytest.mark.gpu
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 SHAPES = [(1, 1), (17, 17), (113, 203), (203, 113), (1024, 1024), (4000, 3001), (1, 4096)]
 HEAD_DIMS = [32, 64, 96, 128, 256]
-MODES = ["none", "causal", "causal_topleft"]
+MODES = ["none", "causal", "causal_topleft", "window", "local", "softcap", "alibi"]
 HEADS = {"mha": (4, 4), "gqa": (8, 2), "mqa": (6, 1)}
 
 
@@ -39,8 +40,17 @@ def _run(backend, q, k, v, mode):
             enable_gqa=q.shape[2] != k.shape[2], backend=backend,
         ).transpose(1, 2)
         return out, None
-    out, lse, _ = attn.flash_attn_func(q, k, v, causal=mode == "causal", return_attn_probs=True, backend=backend)
+    out, lse, _ = attn.flash_attn_func(q, k, v, return_attn_probs=True, backend=backend, **_options(q, mode))
     return out, lse
+
+
+def _options(q, mode):
+    """flash_attn_func options of a mode (see test_cuda_sim_forward.MODE_OPTIONS); ALiBi slopes
+    are fixed per head count."""
+    options = dict(MODE_OPTIONS[mode])
+    if options.pop("alibi", False):
+        options["alibi_slopes"] = torch.linspace(0.05, 0.5, q.shape[2], device=q.device)
+    return options
 
 
 @pytest.mark.parametrize("case", _cases(), ids=_ids)
@@ -52,7 +62,8 @@ def test_cuda_matches_reference_and_triton(case):
     k = random_tensor((2, seqlen_k, n_kv_heads, case["head_dim"]), dtype, generator=gen).cuda()
     v = random_tensor((2, seqlen_k, n_kv_heads, case["head_dim"]), dtype, generator=gen).cuda()
     out, lse = _run("cuda", q, k, v, case["mode"])
-    ref_kwargs = dict(causal=case["mode"] != "none", bottom_right=case["mode"] != "causal_topleft")
+    mode = case["mode"]
+    ref_kwargs = dict(causal=True, bottom_right=False) if mode == "causal_topleft" else _options(q, mode)
     ref, ref_lse = attn.reference.attention(q, k, v, dtype=torch.float64, **ref_kwargs)
     pt, pt_lse = attn.reference.attention(q, k, v, dtype=dtype, **ref_kwargs)
     assert_parity(out, ref, pt)
