@@ -12,7 +12,7 @@ fp32 LSE. Head dims without a compiled kernel are zero-padded to the next one.
 
 Decode (``flash_attn_with_kvcache``): split-KV against a contiguous or paged cache (any page
 size), GQA packed so each K/V byte is read once per group, causal / window / softcap / ALiBi,
-head dims 64 and 128 (a cache cannot be padded in place). The split count comes from
+head dims 32, 64, 128 and 256 (a cache cannot be padded in place). The split count comes from
 :func:`attn._splits.decode_num_splits`, shared with the Triton backend.
 """
 from __future__ import annotations

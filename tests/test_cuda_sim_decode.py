@@ -96,6 +96,19 @@ def test_decode_window_softcap_alibi(seqlen_q, group, window, softcap, use_alibi
                      backend="cuda-sim")
 
 
+@pytest.mark.parametrize("head_dim", [32, 256])
+@pytest.mark.parametrize("sizes,group,page_size,num_splits", [((1, 339), 4, 16, 3), ((16, 300), 1, 1, 0)])
+def test_other_head_dims(head_dim, sizes, group, page_size, num_splits):
+    """32 and 256 have their own kernels too (the grid above covers 64 and 128): FMA (4 packed
+    rows) and tensor-core (16) kernels, split, paged, with an append."""
+    case = _case(sizes, group, page_size, True, torch.bfloat16, head_dim, seed=head_dim)
+    with emulator(schedule="random", seed=head_dim, cp_async="wait"):
+        check_decode(case, torch.bfloat16, num_splits=num_splits, backend="cuda-sim")
+    with emulator(schedule="round-robin", cp_async="issue"):
+        check_decode(_case(sizes, group, page_size, False, torch.float16, head_dim, seed=1), torch.float16,
+                     softcap=10.0, window=(100, 0), num_splits=num_splits, backend="cuda-sim")
+
+
 @pytest.mark.parametrize("seqlen_q,group", [(5, 2), (5, 4)])
 def test_decode_cache_batch_idx_non_causal(seqlen_q, group):
     case = _case((seqlen_q, 200), group, None, True, torch.bfloat16, 128, seed=2, batch_idx=True)
@@ -150,7 +163,7 @@ def test_decode_is_deterministic(num_splits):
 def test_unsupported_inputs_name_other_backends():
     case = make_case(batch=1, seqlen_q=1, n_heads=2, n_kv_heads=1, head_dim=80, seqlens_k=[10], capacity=16,
                      page_size=None, append=False, dtype=torch.float16, device="cpu")
-    with pytest.raises(NotImplementedError, match=r"head dims \[64, 128\], got 80.*triton"):
+    with pytest.raises(NotImplementedError, match=r"head dims \[32, 64, 128, 256\], got 80.*triton"):
         attn.flash_attn_with_kvcache(case.q, case.k_cache, case.v_cache, **case.kwargs(), backend="cuda-sim")
     case = make_case(batch=1, seqlen_q=1, n_heads=2, n_kv_heads=1, head_dim=64, seqlens_k=[10], capacity=16,
                      page_size=None, append=False, dtype=torch.float32, device="cpu")

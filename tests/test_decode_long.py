@@ -4,7 +4,7 @@ would wrap) and not a multiple of the page size (the last page is partly filled)
 One query of one sequence on one KV head is a single program, so the heuristic (num_splits=0)
 splits the keys the most it can: this is the split-KV combine at its widest. The backends are
 those with a decode op that run on CPU tensors here ("torch" has none: SDPA has no KV cache).
-Head dim 64: the CUDA kernels (run here by the emulator, "cuda-sim") are compiled for 64 and 128.
+Head dim 64: one the CUDA decode kernels (run here by the emulator, "cuda-sim") are compiled for.
 Measured on 2 shared cores: about 6 s per layout under the Triton interpreter, under half a
 second on "cuda-sim", "cpu" and "reference".
 """

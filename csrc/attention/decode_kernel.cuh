@@ -115,9 +115,11 @@ struct DecodeBlock {
     return p.alibi_slopes == nullptr ? 0.f : p.alibi_slopes[batch * p.n_heads + head(row)] * kLog2e;
   }
 
-  // Raw q.k of a query at token `tok` and key `key` -> log2-domain score, -inf where invisible.
+  // Raw q.k of a query at token `tok` and key `key` -> log2-domain score, -inf where invisible
+  // (kMods: softcap and ALiBi may be on).
+  template <bool kMods>
   __device__ __forceinline__ float score(float qk, float slope, int tok, int key) const {
-    return rule.score<true>(qk, slope, tok + diag, key);
+    return rule.score<kMods>(qk, slope, tok + diag, key);
   }
 
   __device__ __forceinline__ const T* q_row(const DecodeParams& p, int row) const {
@@ -155,7 +157,7 @@ struct DecodeBlock {
   }
 };
 
-template <int D, typename T>
+template <int D, typename T, bool kMods>
 __global__ void __launch_bounds__(MmaTile<D>::kThreads) decode_mma_kernel(const DecodeParams p) {
   using Tile = MmaTile<D>;
   constexpr int kBlockN = Tile::kBlockN, kOutTiles = D / 8;
@@ -185,7 +187,7 @@ __global__ void __launch_bounds__(MmaTile<D>::kThreads) decode_mma_kernel(const 
     auto scores = [&](auto& s, int n0) {
       for_each_score(s, warp_row0, n0, [&](float& x, int row, int col) {
         const int i = (row - warp_row0) / 8;
-        x = blk.score(x, slope[i], tok[i], col);
+        x = blk.template score<kMods>(x, slope[i], tok[i], col);
       });
     };
     const CacheRows<T> k_rows = blk.cache_rows(p, p.k_cache, p.k_batch_stride, p.k_row_stride, p.k_head_stride);
@@ -302,7 +304,7 @@ __global__ void __launch_bounds__(FmaTile<D>::kThreads) decode_fma_kernel(const 
       SIMT_UNROLL
       for (int i = 0; i < kMaxRows / kGroups; ++i) {
         const int r = key_row_first + kGroups * i;
-        if (r < rows) s_smem[r * kBlockN + key] = blk.score(acc[i], slope[i], tok[i], n0 + key);
+        if (r < rows) s_smem[r * kBlockN + key] = blk.template score<true>(acc[i], slope[i], tok[i], n0 + key);
       }
       __syncthreads();  // every score written before the softmax reads its row
 
@@ -411,8 +413,10 @@ void launch_decode(const DecodeParams& p, void* stream) {
   const DecodeTileShape shape = decode_tile_shape_for<D>(packed_rows);
   const simt::Dim3 grid((packed_rows + shape.block_m - 1) / shape.block_m, p.batch * p.n_kv_heads, p.num_splits);
   if (shape.mma) {
-    simt::launch(decode_mma_kernel<D, T>, grid, simt::Dim3(MmaTile<D>::kThreads),
-                 MmaTile<D>::kSmemElems * sizeof(T), stream, p);
+    // Softcap and ALiBi get their own instantiation, so the plain kernel keeps its registers.
+    const bool mods = p.softcap > 0.f || p.alibi_slopes != nullptr;
+    simt::launch(mods ? decode_mma_kernel<D, T, true> : decode_mma_kernel<D, T, false>, grid,
+                 simt::Dim3(MmaTile<D>::kThreads), MmaTile<D>::kSmemElems * sizeof(T), stream, p);
   } else {
     simt::launch(decode_fma_kernel<D, T>, grid, simt::Dim3(FmaTile<D>::kThreads), FmaTile<D>::kSmemBytes, stream,
                  p);

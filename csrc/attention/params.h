@@ -91,7 +91,7 @@ void run_decode(const DecodeParams& p, void* stream);
 
 // Head dims with a compiled decode kernel (decode_hdim*.cu). A cache cannot be padded in place,
 // so other head dims are refused (the Python side names the backends that take them).
-constexpr int kDecodeHeadDims[] = {64, 128};
+constexpr int kDecodeHeadDims[] = {32, 64, 128, 256};
 
 // Query rows (GQA group x new tokens) per block and keys per tile of the decode kernel that
 // run_decode picks for `packed_rows` rows at head dim `head_dim`, and whether it uses mma.sync.
