@@ -129,7 +129,7 @@ def _missing(backend, op: str, options: Iterable[str]) -> Optional[str]:
     return None
 
 
-def _supporters(op: str, option: str) -> list[str]:
+def supporters(op: str, option: str) -> list[str]:
     """Backends that implement ``op`` with ``option`` (or ``op`` at all, when option is the op)."""
     found = []
     for name in _REGISTRY:
@@ -186,6 +186,6 @@ def _select_name(fn: str, requested: Optional[str], device_type: str, op: str, o
     if option is not None:
         raise NotImplementedError(
             f"{fn}: option '{option}' is not supported by backend '{requested}'; "
-            f"backends that support it: {_supporters(op, option) or 'none'}"
+            f"backends that support it: {supporters(op, option) or 'none'}"
         )
     return requested

@@ -24,12 +24,13 @@ from typing import Iterator, Optional
 import torch
 import torch.nn.functional as F
 
-from attn import _decode_ops, _kernel_ops
+from attn import _backends, _decode_ops, _kernel_ops
 from attn._alloc import empty
 from attn._spec import AttentionSpec
 from attn._splits import decode_num_splits
 
 _DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1}
+KERNEL_BACKEND_NAMES = ("cuda", "cuda-sim")  # this module's backends, both running the same kernels
 _ALIGN_BYTES = 16  # cp.async moves 16-byte chunks
 
 
@@ -87,12 +88,14 @@ class _KernelBackend:
         """Runs ``kernel`` (an extension entry point) on ``args`` for tensors on q's device."""
         raise NotImplementedError
 
-    def _check_dtype(self, dtype: torch.dtype) -> None:
+    def _refuse(self, op: str, why: str):
+        """NotImplementedError for input this backend's ``op`` cannot take, naming the others that can."""
+        others = [name for name in _backends.supporters(op, op) if name not in KERNEL_BACKEND_NAMES]
+        raise NotImplementedError(f"backend '{self.name}': {why}; backends that support it: {others}")
+
+    def _check_dtype(self, op: str, dtype: torch.dtype) -> None:
         if dtype not in _DTYPE_CODES:
-            raise NotImplementedError(
-                f"backend '{self.name}': option dtype={dtype} is not supported (its kernels take float16 "
-                "and bfloat16); backends that support it: triton, cpu, torch, reference"
-            )
+            self._refuse(op, f"option dtype={dtype} is not supported (its kernels take float16 and bfloat16)")
 
     def _kernel_head_dim(self, head_dim: int) -> int:
         """The forward kernel's head dim for ``head_dim``: itself, or the next compiled one."""
@@ -108,7 +111,7 @@ class _KernelBackend:
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec):
         """-> ``out (B, Sq, H, D)`` contiguous in q's dtype, ``lse (B, H, Sq)`` fp32, through the
         custom op (opaque to torch.compile: no graph break)."""
-        self._check_dtype(q.dtype)
+        self._check_dtype("forward", q.dtype)
         self._kernel_head_dim(q.shape[3])
         return _kernel_ops.forward(q, k, v, spec, self.name)
 
@@ -141,14 +144,11 @@ class _KernelBackend:
         ``(B_cache, S_max, Hkv, D)`` or paged ``(num_pages, page_size, Hkv, D)`` cache (validated
         by the caller) -> ``out (B, Sq, H, D)`` in q's dtype, ``lse (B, H, Sq)`` fp32, through the
         decode custom op (opaque to torch.compile)."""
-        self._check_dtype(q.dtype)
-        head_dims = self._ext().decode_head_dims
+        self._check_dtype("decode", q.dtype)
+        head_dims = self._ext().head_dims
         if q.shape[3] not in head_dims:
-            raise NotImplementedError(
-                f"backend '{self.name}': decode has kernels for head dims {list(head_dims)}, got "
-                f"{q.shape[3]} (the cache cannot be padded in place); backends that support it: triton, cpu, "
-                "reference"
-            )
+            self._refuse("decode", f"decode has kernels for head dims {list(head_dims)}, got {q.shape[3]} (the "
+                                   "cache cannot be padded in place)")
         return _decode_ops.decode(q, k_cache, v_cache, seqlens_k, cache_batch_idx, block_table, spec, num_splits,
                                   self.name)
 
@@ -161,12 +161,9 @@ class _KernelBackend:
         n_kv_heads = k_cache.shape[2]
         for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
             if not _is_aligned(cache):
-                raise NotImplementedError(
-                    f"backend '{self.name}': argument '{name}' must be 16-byte aligned (data pointer and strides "
-                    f"of the first three dims multiples of {_ALIGN_BYTES // cache.element_size()} elements), got "
-                    f"pointer {cache.data_ptr()} and strides {tuple(cache.stride())}; backends that take it: "
-                    "triton, cpu, torch, reference"
-                )
+                self._refuse("decode", f"argument '{name}' must be 16-byte aligned (data pointer and strides of the "
+                                       f"first three dims multiples of {_ALIGN_BYTES // cache.element_size()} "
+                                       f"elements), got pointer {cache.data_ptr()} and strides {tuple(cache.stride())}")
         q = _aligned(q)
         paged = block_table is not None
         page_size = k_cache.shape[1] if paged else 0

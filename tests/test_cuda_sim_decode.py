@@ -212,3 +212,26 @@ def test_compiles_without_graph_breaks():
     assert all(torch.equal(a, b) for a, b in zip(eager, compiled))
     torch.library.opcheck(flash_attn_decode, (case.q, case.k_cache, case.v_cache, case.seqlens_k.int(), None,
                                               case.block_table, None, 0.125, True, -1, 0, 0.0, 3, "cuda-sim"))
+
+
+def test_internal_entry_points_refuse_bad_arguments():
+    """The ops refuse a backend without that kernel; the extension refuses parameters the Python
+    side never sends (a negative window, splits without partial buffers) instead of launching."""
+    from attn._decode_ops import flash_attn_decode
+    from attn._kernel_ops import kernel_forward
+
+    case = _case((1, 40), 1, None, False, torch.float16, 64)
+    args = (case.q, case.k_cache, case.v_cache, case.seqlens_k.int(), None, None, None, 0.125, True, -1, 0, 0.0, 1)
+    with pytest.raises(ValueError, match="argument 'backend' expected one of .*'cuda-sim'.* got 'torch'"):
+        flash_attn_decode(*args, "torch")
+    with pytest.raises(ValueError, match="argument 'backend'"):
+        kernel_forward(case.q, case.q, case.q, None, None, 0.125, -1, 0, True, 0.0, "triton")
+    ext = attn._backends.load("cuda-sim")._ext()
+    ptrs = [case.q.data_ptr(), case.k_cache.data_ptr(), case.v_cache.data_ptr(), 0, 0, 0, 0, 0, 0, 0, 0]
+    sizes = [3, 2, 2, 1, 64, 0, 1]
+    with pytest.raises(ValueError, match="window widths must be >= 0"):
+        ext.decode(ptrs, [0] * 15, sizes, 0, 0.125, 0.0, -1, 0)
+    with pytest.raises(ValueError, match="num_splits must be >= 1, with partial buffers"):
+        ext.decode(ptrs, [0] * 15, sizes[:6] + [2], 0, 0.125, 0.0, 5, 0)
+    with pytest.raises(ValueError, match="dtype code"):
+        ext.decode(ptrs, [0] * 15, sizes, 7, 0.125, 0.0, 5, 0)

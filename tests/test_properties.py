@@ -207,7 +207,7 @@ def decode_domain(backend: str) -> dict:
     """The inputs a backend's decode takes: the CUDA kernels have 16-bit dtypes and compiled head
     dims only (a cache cannot be padded in place); the others take everything."""
     if backend.startswith("cuda"):
-        return dict(head_dims=list(_registry.load(backend)._ext().decode_head_dims),
+        return dict(head_dims=list(_registry.load(backend)._ext().head_dims),
                     dtypes=[torch.float16, torch.bfloat16])
     return {}
 

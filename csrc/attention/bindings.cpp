@@ -20,7 +20,7 @@ PYBIND11_MODULE(_cuda, m) {
       },
       py::arg("ptrs"), py::arg("strides"), py::arg("sizes"), py::arg("dtype"), py::arg("softmax_scale"),
       py::arg("softcap"), py::arg("diagonal_offset"), py::arg("window_left"), py::arg("window_right"), py::arg("stream"));
-  m.attr("head_dims") = attn::as_tuple(attn::kFwdHeadDims);
+  m.attr("head_dims") = attn::as_tuple(attn::kHeadDims);
   m.def(
       "decode",
       [](const std::array<uintptr_t, 11>& ptrs, const std::array<int64_t, 15>& strides, const std::array<int, 7>& sizes,
@@ -33,5 +33,4 @@ PYBIND11_MODULE(_cuda, m) {
       py::arg("softcap"), py::arg("window_left"), py::arg("window_right"), py::arg("stream"));
   m.def("decode_tile", &attn::decode_tile, py::arg("head_dim"), py::arg("packed_rows"),
         "(block_m, block_n, uses_mma) of the decode kernel for this many packed query rows");
-  m.attr("decode_head_dims") = attn::as_tuple(attn::kDecodeHeadDims);
 }

@@ -40,9 +40,11 @@ struct FwdParams {
 // the emulator). Throws std::invalid_argument for a head dim without a compiled kernel.
 void run_fwd(const FwdParams& p, void* stream);
 
-// Head dims with a compiled kernel (fwd_hdim*.cu); the caller zero-pads others to the next one.
-// 96 is padded to 128: its own instantiation spills registers.
-constexpr int kFwdHeadDims[] = {32, 64, 128, 256};
+// Head dims with compiled forward and decode kernels (fwd_hdim*.cu, decode_hdim*.cu; dispatch.cuh
+// switches over them). The forward's caller zero-pads other head dims to the next one (96 goes
+// to 128: its own instantiation spills registers); a cache cannot be padded in place, so decode
+// refuses them (the Python side names the backends that take them).
+constexpr int kHeadDims[] = {32, 64, 128, 256};
 
 // Split-KV decode (flash-decoding) against a KV cache.
 //
@@ -88,10 +90,6 @@ struct DecodeParams {
 // Runs the split kernel (and the combine kernel when num_splits > 1). Throws
 // std::invalid_argument for a head dim without a compiled kernel.
 void run_decode(const DecodeParams& p, void* stream);
-
-// Head dims with a compiled decode kernel (decode_hdim*.cu). A cache cannot be padded in place,
-// so other head dims are refused (the Python side names the backends that take them).
-constexpr int kDecodeHeadDims[] = {32, 64, 128, 256};
 
 // Query rows (GQA group x new tokens) per block and keys per tile of the decode kernel that
 // run_decode picks for `packed_rows` rows at head dim `head_dim`, and whether it uses mma.sync.

@@ -80,7 +80,7 @@ PYBIND11_MODULE(_cuda_sim, m) {
       },
       py::arg("ptrs"), py::arg("strides"), py::arg("sizes"), py::arg("dtype"), py::arg("softmax_scale"),
       py::arg("softcap"), py::arg("diagonal_offset"), py::arg("window_left"), py::arg("window_right"));
-  m.attr("head_dims") = attn::as_tuple(attn::kFwdHeadDims);
+  m.attr("head_dims") = attn::as_tuple(attn::kHeadDims);
   m.def(
       "decode",
       [](const std::array<uintptr_t, 11>& ptrs, const std::array<int64_t, 15>& strides, const std::array<int, 7>& sizes,
@@ -94,7 +94,6 @@ PYBIND11_MODULE(_cuda_sim, m) {
       py::arg("softcap"), py::arg("window_left"), py::arg("window_right"));
   m.def("decode_tile", &attn::decode_tile, py::arg("head_dim"), py::arg("packed_rows"),
         "(block_m, block_n, uses_mma) of the decode kernel for this many packed query rows");
-  m.attr("decode_head_dims") = attn::as_tuple(attn::kDecodeHeadDims);
   py::register_exception<simt::Error>(m, "EmulatorError", PyExc_RuntimeError);
   py::module_ selftest = m.def_submodule("selftest", "Small kernels that check the emulator itself");
   simt::selftest::register_kernels(selftest);
