@@ -1,9 +1,9 @@
 """Builds the package. Compiled extensions are added by the build helpers below, one per module.
 
 Build settings (environment variables, documented in README.md):
-  ATTN_CUDA_ARCHS      semicolon-separated SM versions for attn._cuda (default "80;90")
-  ATTN_SKIP_CUDA_BUILD =1 skips attn._cuda even when nvcc is found
-  ATTN_SKIP_CPU_BUILD  =1 skips attn._cpu (the "cpu" backend then says it is unavailable)
+  ATTN_CUDA_ARCHS      semicolon-separated SM versions for attn.cuda._cuda (default "80;90")
+  ATTN_SKIP_CUDA_BUILD =1 skips attn.cuda._cuda even when nvcc is found
+  ATTN_SKIP_CPU_BUILD  =1 skips attn.cpu._cpu (the "cpu" backend then says it is unavailable)
   MAX_JOBS             parallel compile jobs (default: CPU count)
   CUDA_HOME            CUDA install to take nvcc and cuda_fp16.h from (default: nvcc on PATH,
                        then /usr/local/cuda)
@@ -91,14 +91,14 @@ def _python_includes() -> list[str]:
 
 
 def cuda_sim_extension() -> Extension | None:
-    """attn._cuda_sim: the CUDA kernel sources compiled by the host compiler against the SIMT
+    """attn.cuda._cuda_sim: the CUDA kernel sources compiled by the host compiler against the SIMT
     emulator (csrc/simt), for running the kernels on CPU tensors."""
     cxx, headers = _cxx(), _cuda_headers()
     if cxx is None or headers is None:
-        _say("skipping attn._cuda_sim: " + ("no g++ (set CXX)" if cxx is None else
+        _say("skipping attn.cuda._cuda_sim: " + ("no g++ (set CXX)" if cxx is None else
              "cuda_fp16.h not found (install CUDA or nvidia-cuda-runtime, or set CUDA_HOME)"))
         return None
-    _say(f"attn._cuda_sim: {cxx}, CUDA headers from {headers}")
+    _say(f"attn.cuda._cuda_sim: {cxx}, CUDA headers from {headers}")
     sources = [
         "csrc/simt/emulator.cpp", "csrc/simt/fiber.cpp", "csrc/simt/selftest.cpp",
         "csrc/attention/sim_bindings.cpp", *_KERNEL_SOURCES,
@@ -108,22 +108,22 @@ def cuda_sim_extension() -> Extension | None:
         language = ["-x", "c++"] if source.endswith(".cu") else []
         return [cxx, *HOST_FLAGS, *_python_includes(), f"-I{headers}", *language, "-c", source]
 
-    return CompiledExtension("attn._cuda_sim", sources, compile_cmd, ["-lpthread"])
+    return CompiledExtension("attn.cuda._cuda_sim", sources, compile_cmd, ["-lpthread"])
 
 
 def cuda_extension() -> Extension | None:
-    """attn._cuda: the forward and decode kernels compiled by nvcc for ATTN_CUDA_ARCHS."""
+    """attn.cuda._cuda: the forward and decode kernels compiled by nvcc for ATTN_CUDA_ARCHS."""
     if os.environ.get("ATTN_SKIP_CUDA_BUILD") == "1":
-        _say("skipping attn._cuda: ATTN_SKIP_CUDA_BUILD=1")
+        _say("skipping attn.cuda._cuda: ATTN_SKIP_CUDA_BUILD=1")
         return None
     home, cxx = _cuda_home(), _cxx()
     nvcc = home / "bin" / "nvcc" if home else None
     if nvcc is None or not nvcc.exists() or cxx is None:
-        _say("skipping attn._cuda: " + ("no g++ (set CXX)" if cxx is None else
+        _say("skipping attn.cuda._cuda: " + ("no g++ (set CXX)" if cxx is None else
              "nvcc not found (put it on PATH or set CUDA_HOME)"))
         return None
     archs = [a.strip() for a in os.environ.get("ATTN_CUDA_ARCHS", "80;90").split(";") if a.strip()]
-    _say(f"attn._cuda: {nvcc} for sm_{', sm_'.join(archs)}")
+    _say(f"attn.cuda._cuda: {nvcc} for sm_{', sm_'.join(archs)}")
     gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
     gencode.append(f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}")  # PTX for newer GPUs
     sources = ["csrc/attention/bindings.cpp", *_KERNEL_SOURCES]
@@ -135,12 +135,12 @@ def cuda_extension() -> Extension | None:
         return [cxx, *HOST_FLAGS, *_python_includes(), f"-I{home / 'include'}", "-c", source]
 
     libdir = home / "lib64" if (home / "lib64").exists() else home / "lib"
-    return CompiledExtension("attn._cuda", sources, compile_cmd,
+    return CompiledExtension("attn.cuda._cuda", sources, compile_cmd,
                              [f"-L{libdir}", "-lcudart_static", "-ldl", "-lpthread", "-lrt"])
 
 
 def cpu_extension() -> Extension | None:
-    """attn._cpu: the C++ CPU kernels (csrc/cpu), OpenMP, no torch headers.
+    """attn.cpu._cpu: the C++ CPU kernels (csrc/cpu), OpenMP, no torch headers.
 
     Every kernels_<isa>.cpp is compiled with the baseline flags; the AVX2 and AVX-512 files
     switch their own target with a pragma and are chosen at run time from the CPU's features,
@@ -150,11 +150,11 @@ def cpu_extension() -> Extension | None:
     kernels then run on one thread).
     """
     if os.environ.get("ATTN_SKIP_CPU_BUILD") == "1":
-        _say("skipping attn._cpu: ATTN_SKIP_CPU_BUILD=1")
+        _say("skipping attn.cpu._cpu: ATTN_SKIP_CPU_BUILD=1")
         return None
     cxx = _cxx()
     if cxx is None:
-        _say("skipping attn._cpu: no g++ (set CXX)")
+        _say("skipping attn.cpu._cpu: no g++ (set CXX)")
         return None
     openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
     sources = sorted(str(p) for p in Path("csrc/cpu").glob("*.cpp"))
@@ -162,7 +162,7 @@ def cpu_extension() -> Extension | None:
     def compile_cmd(source: str) -> list[str]:
         return [cxx, *HOST_FLAGS, "-O3", "-ffp-contract=fast", *openmp, *_python_includes(), "-c", source]
 
-    return CompiledExtension("attn._cpu", sources, compile_cmd, openmp)
+    return CompiledExtension("attn.cpu._cpu", sources, compile_cmd, openmp)
 
 
 class BuildExt(build_ext):

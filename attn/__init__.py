@@ -1,10 +1,16 @@
 """attn: fused, tiled attention kernels for PyTorch (Triton and CUDA C++) behind one API."""
 from attn import reference
-from attn._backends import BackendInfo, available_backends, use_backend
-from attn.interface import flash_attn_func, scaled_dot_product_attention
-from attn.kvcache import KVCache, PageAllocator
-from attn.kvcache_api import flash_attn_with_kvcache
-from attn.merge import merge_attention_states
+from attn.api import (
+    BackendInfo,
+    KVCache,
+    PageAllocator,
+    available_backends,
+    flash_attn_func,
+    flash_attn_with_kvcache,
+    merge_attention_states,
+    scaled_dot_product_attention,
+    use_backend,
+)
 from attn.modules import CausalSelfAttention, MultiheadAttention
 
 __version__ = "0.1.0"

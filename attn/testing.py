@@ -1,4 +1,4 @@
-"""The parity rule of DESIGN.md §3, shared by tests and benchmarks.
+"""The parity rule of docs/design.md §3, shared by tests and benchmarks.
 
 With ``ref`` the oracle in fp32/fp64 and ``pt`` the same oracle computed in the input dtype,
 a 16-bit result passes when ``max|out - ref| <= factor * max|pt - ref| + 1e-5`` (factor 2 for

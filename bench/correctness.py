@@ -86,16 +86,16 @@ def _check_case(backend: str, case: Case, dtype_name: str) -> dict:
 
 def _run_here(dtype_name: str) -> list[dict]:
     """Runs every case on every emulated backend; call with TRITON_INTERPRET=1 already set."""
-    from attn import _backends
+    from attn.backends import registry
     from bench import providers as P
     from bench.results import make_row
 
     rows = []
-    for name in _backends.names():
+    for name in registry.names():
         if not P.is_emulated(name, "cpu"):
             continue
         # (AttnBackend.status would only say "emulated"; here the backend's own status counts)
-        impl = _backends.load(name)
+        impl = registry.load(name)
         why = impl if isinstance(impl, str) else impl.status("cpu")
         for case in CASES:
             if why:
@@ -124,12 +124,12 @@ def run(run_dtype: str) -> tuple[list[dict], str]:
 
 
 def _failed_rows(why: str, dtype_name: str) -> list[dict]:
-    from attn import _backends
+    from attn.backends import registry
     from bench import providers as P
     from bench.results import make_row
 
     return [make_row("correctness", case, f"attn:{name}", "cpu", dtype_name, "error", why)
-            for name in _backends.names() if P.is_emulated(name, "cpu") for case in CASES]
+            for name in registry.names() if P.is_emulated(name, "cpu") for case in CASES]
 
 
 if __name__ == "__main__":

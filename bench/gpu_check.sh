@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On a machine with one CUDA GPU: build attn._cuda, run the GPU tests, run the benchmark's
+# On a machine with one CUDA GPU: build attn.cuda._cuda, run the GPU tests, run the benchmark's
 # gpu-check profile, and leave every log and result under OUT_DIR. Budget: under 8 minutes
 # (build 100 s + GPU tests 80 s + benchmark 290 s, each step bounded by `timeout`).
 #

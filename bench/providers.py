@@ -135,9 +135,9 @@ class AttnBackend(Provider):
         self.name = f"attn:{backend}"
 
     def status(self, device):
-        from attn import _backends
+        from attn.backends import registry
 
-        impl = _backends.load(self.backend)
+        impl = registry.load(self.backend)
         if isinstance(impl, str):
             return impl
         if device not in impl.devices:
@@ -163,9 +163,9 @@ class AttnBackend(Provider):
 
 def discover() -> list[Provider]:
     """Every provider known to this runner, usable here or not (``status`` says)."""
-    from attn import _backends
+    from attn.backends import registry
 
-    return [Naive(), SDPA(), FlashAttn()] + [AttnBackend(name) for name in _backends.names()]
+    return [Naive(), SDPA(), FlashAttn()] + [AttnBackend(name) for name in registry.names()]
 
 
 def get(name: str) -> Provider:

@@ -33,7 +33,7 @@ def _compile_all(arch: int, prefix: str, full: bool = False) -> list[dict]:
 
 
 def test_groups_cover_every_config():
-    from attn.triton.aot import configs
+    from attn.triton.aot_configs import configs
 
     for cfg in configs():
         assert sum(cfg.name.startswith(g) for g in GROUPS) == 1, cfg.name
@@ -68,7 +68,7 @@ def test_every_config_compiles_without_spills(arch, group):
 @pytest.mark.parametrize("arch", [80, 90])
 def test_every_decode_variant_compiles_without_spills(arch):
     """The full decode sweep (~213 configurations per architecture)."""
-    from attn.triton.decode_aot import decode_aot_configs
+    from attn.triton.aot_configs import decode_aot_configs
 
     results = [r for r in _compile_all(arch, "decode-", full=True) if r["name"].startswith("decode-")]
     assert len(results) == len(list(decode_aot_configs(full=True)))

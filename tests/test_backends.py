@@ -60,8 +60,8 @@ def test_torch_backend_zeroes_rows_that_see_nothing():
 
 def test_auto_on_cpu_never_picks_the_interpreter():
     """The tests run with TRITON_INTERPRET=1, so "triton" is usable on CPU, but auto skips it."""
-    from attn import _backends
+    from attn.backends import registry
 
     assert attn.available_backends()["triton"].available
-    picked = _backends.select("test", "auto", "cpu", "forward", ["causal"])
+    picked = registry.select("test", "auto", "cpu", "forward", ["causal"])
     assert picked.name != "triton"

@@ -1,6 +1,6 @@
 """Gradients of the Triton backend (FlashAttention-2 backward) against the oracle.
 
-Every gradient is checked elementwise with the 3x rule of DESIGN.md §3:
+Every gradient is checked elementwise with the 3x rule of docs/design.md §3:
 ``ref`` = autograd through :func:`attn.reference.attention` on fp64 copies, ``pt`` = the same in
 the input dtype (None for fp32 inputs, which get the tight fp32 bound). Kernel outputs are
 poisoned by conftest, so an unwritten gradient element fails as NaN.

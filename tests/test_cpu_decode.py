@@ -1,4 +1,4 @@
-"""Split-KV decode of the C++ CPU backend (attn._cpu_backend.decode) against attn.reference.
+"""Split-KV decode of the C++ CPU backend (attn.cpu.decode) against attn.reference.
 
 The cache is contiguous (B, S, Hkv, D), indexed through cache_batch_idx, or paged through a
 shuffled block table; every batch has its own key length (one of them 0). The reference runs on
@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import attn
-from attn import _cpu_backend
-from attn._spec import AttentionSpec
+from attn.core.spec import AttentionSpec
+from attn.cpu.decode import attention_decode
+from attn.cpu.isa import supported_isas
 from attn.testing import assert_parity, pairwise, product, random_tensor
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -26,7 +27,7 @@ GRID = dict(
     cache=["contiguous", "batch_idx", "paged16", "paged256"],
     num_splits=[0, 1, 3, 17],
     mode=["none", "causal", "window", "softcap", "alibi"],
-    isa=_cpu_backend.supported_isas(),
+    isa=supported_isas(),
 )
 
 
@@ -74,8 +75,8 @@ def run_case(case, batch=3):
     spec = AttentionSpec(softmax_scale=1 / math.sqrt(head_dim), causal=options["causal"], window_left=left,
                          window_right=0 if options["causal"] else right, softcap=options["softcap"],
                          alibi_slopes=options["alibi_slopes"], need_lse=True)
-    out, lse = _cpu_backend.decode(q, k_cache, v_cache, seqlens, batch_idx, table, spec, case["num_splits"],
-                                   isa=case["isa"])
+    out, lse = attention_decode(q, k_cache, v_cache, seqlens, batch_idx, table, spec, case["num_splits"],
+                                isa=case["isa"])
     ref, ref_lse = attn.reference.attention(q, k, v, seqlens_k=seqlens, dtype=torch.float64, **options)
     pt = None if dtype == torch.float32 else attn.reference.attention(q, k, v, seqlens_k=seqlens, dtype=dtype,
                                                                        **options)[0]
@@ -103,7 +104,7 @@ def threads():
     torch.set_num_threads(previous)
 
 
-@pytest.mark.parametrize("isa", _cpu_backend.supported_isas())
+@pytest.mark.parametrize("isa", supported_isas())
 def test_decode_threads_and_determinism(isa, threads):
     """The split count follows the thread count (1 and 2 threads differ only by rounding, both
     within the rule); a fixed thread count gives bitwise-equal results on every run."""
@@ -120,7 +121,7 @@ def test_decode_threads_and_determinism(isa, threads):
 
 def test_backend_decode_protocol():
     """The backend object exposes decode with the registry's signature and capabilities."""
-    backend = attn._backends.load("cpu")
+    backend = attn.backends.registry.load("cpu")
     assert {"causal", "window_size", "softcap", "alibi_slopes", "return_lse"} <= backend.capabilities["decode"]
     gen = torch.Generator().manual_seed(11)
     q = random_tensor((2, 1, 4, 64), torch.float32, generator=gen)
@@ -139,7 +140,7 @@ def test_compiles_without_graph_breaks():
     and equals eager bit for bit; opcheck validates the op for this backend."""
     from _decode_cases import make_case
 
-    from attn._decode_ops import flash_attn_decode
+    from attn.ops.decode import flash_attn_decode
 
     case = make_case(batch=2, seqlen_q=2, n_heads=4, n_kv_heads=2, head_dim=32, seqlens_k=[90, 7], capacity=96,
                      page_size=16, append=False, dtype=torch.bfloat16, device="cpu", seed=2)
@@ -152,4 +153,4 @@ def test_compiles_without_graph_breaks():
     eager, compiled = step(*args), torch.compile(step, fullgraph=True, backend="aot_eager")(*args)
     assert all(torch.equal(a, b) for a, b in zip(eager, compiled))
     torch.library.opcheck(flash_attn_decode, (case.q, case.k_cache, case.v_cache, case.seqlens_k.int(), None,
-                                              case.block_table, None, 0.2, True, -1, 0, 0.0, 3, "cpu"))
+                                              case.block_table, None, None, 0.2, True, -1, 0, True, 0.0, 3, "cpu"))

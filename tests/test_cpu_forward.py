@@ -1,4 +1,4 @@
-"""Forward parity of the C++ CPU backend (attn._cpu) against attn.reference.
+"""Forward parity of the C++ CPU backend (attn.cpu._cpu) against attn.reference.
 
 The grid is the Triton forward tests' grid (tests/test_forward.py) plus SDPA masks and the
 instruction set (every kernel build this CPU can run: AVX-512, AVX2, the portable fallback).
@@ -10,13 +10,14 @@ import zlib
 
 import pytest
 import torch
-
-import attn
-from attn import _backends, _cpu_backend
-from attn.testing import assert_parity, pairwise, parity, product, random_tensor
 from test_forward import DTYPES, GRID, HEADS, make_qkv
 
-ISAS = _cpu_backend.supported_isas()
+import attn
+from attn.backends import registry
+from attn.cpu.isa import supported_isas
+from attn.testing import assert_parity, pairwise, parity, product, random_tensor
+
+ISAS = supported_isas()
 CPU_GRID = dict(GRID, mode=GRID["mode"] + ["mask_bool", "mask_float"], isa=ISAS)
 
 
@@ -158,7 +159,7 @@ def _other_backends():
     """Executable backends other than cpu/reference/torch (triton under the interpreter, cuda-sim)."""
     found = []
     for name, info in attn.available_backends().items():
-        if info.available and name not in ("cpu", "reference", "torch") and "cpu" in _backends.load(name).devices:
+        if info.available and name not in ("cpu", "reference", "torch") and "cpu" in registry.load(name).devices:
             found.append(name)
     return found
 
@@ -170,7 +171,7 @@ def test_agrees_with_other_backends(other, dtype):
     the parity rule lets either differ from the oracle."""
     q, k, v = make_qkv(1, 130, 200, 4, 2, 64, DTYPES[dtype], "bshd", "cpu", seed=8)
     kwargs = dict(causal=True)
-    if "window_size" in _backends.load(other).capabilities["forward"]:
+    if "window_size" in registry.load(other).capabilities["forward"]:
         kwargs["window_size"] = (60, -1)
     mine = attn.flash_attn_func(q, k, v, backend="cpu", **kwargs)
     theirs = attn.flash_attn_func(q, k, v, backend=other, **kwargs)
@@ -204,7 +205,7 @@ def test_gradients_match_reference(mode, dtype):
 
 
 def test_auto_picks_cpu_for_cpu_tensors():
-    backend = _backends.select("test", "auto", "cpu", "forward", ["causal", "softcap", "return_lse", "backward"])
+    backend = registry.select("test", "auto", "cpu", "forward", ["causal", "softcap", "return_lse", "backward"])
     assert backend.name == "cpu"
 
 
@@ -219,7 +220,7 @@ def test_compiles_without_graph_breaks():
     """Inference under torch.compile(fullgraph=True): the C++ forward runs as the
     attn::kernel_forward op (a pybind11 launch cannot be traced) and equals eager bit for bit;
     opcheck validates the op with a mask, ALiBi, a window and softcap."""
-    from attn._kernel_ops import kernel_forward
+    from attn.ops.kernel_forward import kernel_forward
 
     gen = torch.Generator().manual_seed(6)
     q, k, v = (random_tensor((2, 40, h, 32), torch.float32, generator=gen) for h in (4, 2, 2))
@@ -229,4 +230,4 @@ def test_compiles_without_graph_breaks():
 
     assert torch.equal(call(q, k, v), torch.compile(call, fullgraph=True, backend="aot_eager")(q, k, v))
     bias = torch.randn(2, 4, 40, 40, generator=gen)
-    torch.library.opcheck(kernel_forward, (q, k, v, bias, torch.rand(2, 4), 0.2, 10, 3, True, 20.0, "cpu"))
+    torch.library.opcheck(kernel_forward, (q, k, v, bias, torch.rand(2, 4), 0.2, False, 10, 3, True, 20.0, "cpu"))

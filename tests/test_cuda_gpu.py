@@ -1,4 +1,4 @@
-"""The "cuda" backend (attn._cuda, built by nvcc) on a GPU: parity against attn.reference and
+"""The "cuda" backend (attn.cuda._cuda, built by nvcc) on a GPU: parity against attn.reference and
 agreement with the Triton backend. Skipped automatically where torch.cuda.is_available() is False;
 the same kernel source is checked on CPU by tests/test_cuda_sim_forward.py."""
 import itertools
@@ -6,10 +6,10 @@ import zlib
 
 import pytest
 import torch
+from test_cuda_sim_forward import MODE_OPTIONS
 
 import attn
 from attn.testing import assert_parity, random_tensor
-from test_cuda_sim_forward import MODE_OPTIONS
 
 pytestmark = pytest.mark.gpu
 
@@ -89,7 +89,7 @@ def test_cuda_runs_on_the_current_stream():
 
 
 def test_cuda_is_the_automatic_choice_for_cuda_tensors():
-    from attn import _backends
+    from attn.backends import registry
 
     assert attn.available_backends()["cuda"].available
-    assert _backends.select("test", None, "cuda", "forward", ["causal", "return_lse"]).name == "cuda"
+    assert registry.select("test", None, "cuda", "forward", ["causal", "return_lse"]).name == "cuda"

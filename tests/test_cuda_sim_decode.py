@@ -16,7 +16,7 @@ from _decode_cases import check_decode, make_case
 
 import attn
 from attn import reference
-from attn._cuda_backend import CP_ASYNC_MODES, SCHEDULES, emulator
+from attn.cuda.emulator import CP_ASYNC_MODES, SCHEDULES, emulator
 from attn.testing import assert_parity, pairwise, parity, product
 
 EMULATIONS = list(itertools.product(SCHEDULES, CP_ASYNC_MODES))
@@ -198,7 +198,7 @@ def test_compiles_without_graph_breaks():
     """Under torch.compile(fullgraph=True) the CUDA decode runs as the attn::flash_attn_decode op
     (a launch through data pointers cannot be traced) and gives the eager result bit for bit;
     opcheck validates the op's schema and fake implementation for this backend."""
-    from attn._decode_ops import flash_attn_decode
+    from attn.ops.decode import flash_attn_decode
 
     case = _case((2, 300), 8, 16, False, torch.float16, 64, seed=8)
 
@@ -211,22 +211,22 @@ def test_compiles_without_graph_breaks():
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")(*args)
     assert all(torch.equal(a, b) for a, b in zip(eager, compiled))
     torch.library.opcheck(flash_attn_decode, (case.q, case.k_cache, case.v_cache, case.seqlens_k.int(), None,
-                                              case.block_table, None, 0.125, True, -1, 0, 0.0, 3, "cuda-sim"))
+                                              case.block_table, None, None, 0.125, True, -1, 0, True, 0.0, 3, "cuda-sim"))
 
 
 def test_internal_entry_points_refuse_bad_arguments():
     """The ops refuse a backend without that kernel; the extension refuses parameters the Python
     side never sends (a negative window, splits without partial buffers) instead of launching."""
-    from attn._decode_ops import flash_attn_decode
-    from attn._kernel_ops import kernel_forward
+    from attn.ops.decode import flash_attn_decode
+    from attn.ops.kernel_forward import kernel_forward
 
     case = _case((1, 40), 1, None, False, torch.float16, 64)
-    args = (case.q, case.k_cache, case.v_cache, case.seqlens_k.int(), None, None, None, 0.125, True, -1, 0, 0.0, 1)
+    args = (case.q, case.k_cache, case.v_cache, case.seqlens_k.int(), None, None, None, None, 0.125, True, -1, 0, True, 0.0, 1)
     with pytest.raises(ValueError, match="argument 'backend' expected one of .*'cuda-sim'.* got 'torch'"):
         flash_attn_decode(*args, "torch")
     with pytest.raises(ValueError, match="argument 'backend'"):
-        kernel_forward(case.q, case.q, case.q, None, None, 0.125, -1, 0, True, 0.0, "triton")
-    ext = attn._backends.load("cuda-sim")._ext()
+        kernel_forward(case.q, case.q, case.q, None, None, 0.125, True, -1, 0, True, 0.0, "triton")
+    ext = attn.backends.registry.load("cuda-sim").extension.module()
     ptrs = [case.q.data_ptr(), case.k_cache.data_ptr(), case.v_cache.data_ptr(), 0, 0, 0, 0, 0, 0, 0, 0]
     sizes = [3, 2, 2, 1, 64, 0, 1]
     with pytest.raises(ValueError, match="window widths must be >= 0"):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import attn
-from attn._cuda_backend import CP_ASYNC_MODES, SCHEDULES, emulator
+from attn.cuda.emulator import CP_ASYNC_MODES, SCHEDULES, emulator
 from attn.testing import assert_parity, random_tensor
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -203,7 +203,7 @@ def test_backend_availability_is_reported():
 def test_compiles_without_graph_breaks():
     """Under torch.compile(fullgraph=True) the CUDA forward runs as the attn::kernel_forward op and
     gives the eager result bit for bit; opcheck validates the op's schema and fake implementation."""
-    from attn._kernel_ops import kernel_forward
+    from attn.ops.kernel_forward import kernel_forward
 
     gen = torch.Generator().manual_seed(3)
     q = random_tensor((1, 70, 4, 64), torch.bfloat16, generator=gen)
@@ -216,5 +216,5 @@ def test_compiles_without_graph_breaks():
     eager = call(q, k, v)[:2]  # out, lse (no probabilities)
     compiled = torch.compile(call, fullgraph=True, backend="aot_eager")(q, k, v)[:2]
     assert all(torch.equal(a, b) for a, b in zip(eager, compiled))
-    torch.library.opcheck(kernel_forward, (q, k, v, None, None, 0.125, -1, 0, True, 0.0, "cuda-sim"))
-    torch.library.opcheck(kernel_forward, (q, k, v, None, torch.rand(4), 0.125, 20, 5, False, 12.0, "cuda-sim"))
+    torch.library.opcheck(kernel_forward, (q, k, v, None, None, 0.125, True, -1, 0, True, 0.0, "cuda-sim"))
+    torch.library.opcheck(kernel_forward, (q, k, v, None, torch.rand(4), 0.125, False, 20, 5, False, 12.0, "cuda-sim"))

@@ -28,7 +28,7 @@ import torch
 from _decode_cases import make_case
 
 import attn
-from attn._cuda_backend import CP_ASYNC_MODES, SCHEDULES
+from attn.cuda.emulator import CP_ASYNC_MODES, SCHEDULES
 from attn.testing import assert_parity, random_tensor
 
 ROOT = Path(__file__).resolve().parent.parent

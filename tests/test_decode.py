@@ -1,4 +1,4 @@
-"""flash_attn_with_kvcache on the Triton split-KV kernel vs the oracle (DESIGN.md §3, 3x rule).
+"""flash_attn_with_kvcache on the Triton split-KV kernel vs the oracle (docs/design.md §3, 3x rule).
 
 On CPU the kernels run under TRITON_INTERPRET=1; with a GPU the same tests run compiled.
 The default run covers every pair of values of the issue's dimensions (attn.testing.pairwise);

@@ -13,7 +13,7 @@ import torch
 from _decode_cases import make_case
 
 import attn
-from attn import _backends as registry
+from attn.backends import registry as registry
 from attn.testing import assert_parity
 
 SEQLEN_K = 100_000

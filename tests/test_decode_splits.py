@@ -6,7 +6,7 @@ import torch
 
 import attn
 from attn import reference
-from attn._splits import MAX_SPLITS, NOMINAL_SM_COUNT, num_splits_heuristic
+from attn.core.splits import MAX_SPLITS, NOMINAL_SM_COUNT, num_splits_heuristic
 from attn.testing import assert_parity, random_tensor
 
 
@@ -79,7 +79,7 @@ def test_merge_rejects_mismatched_inputs():
 def test_partial_traffic_caps_splits():
     """Short caches with many query rows per program split less: the fp32 partials written and
     read back stay within a quarter of the K/V bytes read."""
-    from attn._splits import max_splits_for_traffic
+    from attn.core.splits import max_splits_for_traffic
 
     cap = max_splits_for_traffic(capacity=1024, head_dim=128, elem_bytes=2, rows_per_program=64)
     assert cap * 2 * 64 * 129 * 4 <= 0.25 * 2 * 1024 * 128 * 2 < (cap + 1) * 2 * 64 * 129 * 4

@@ -132,7 +132,7 @@ def test_gpt_rejects_sequences_past_max_seqlen():
 
 
 def test_prefill_runs_the_forward_kernel_and_decode_the_decode_kernel(monkeypatch):
-    import attn.kvcache
+    import attn.api.kvcache
     import attn.modules.causal_self_attention as csa
 
     calls = []
@@ -142,7 +142,7 @@ def test_prefill_runs_the_forward_kernel_and_decode_the_decode_kernel(monkeypatc
             return original(q, *args, **kwargs)
         return wrapper
 
-    for mod, name in ((csa, "flash_attn_func"), (attn.kvcache, "flash_attn_with_kvcache")):
+    for mod, name in ((csa, "flash_attn_func"), (attn.api.kvcache, "flash_attn_with_kvcache")):
         monkeypatch.setattr(mod, name, counting(name, getattr(mod, name)))
     module = _module(2, "reference")
     x = torch.randn(1, 7, E)

@@ -12,8 +12,8 @@ from torch import nn
 from torch._dynamo.backends.registry import lookup_backend
 
 import attn
-from attn._decode_ops import flash_attn_decode
 from attn.models import GPT, GPTConfig
+from attn.ops.decode import flash_attn_decode
 from attn.testing import assert_parity
 
 E, H, B, L = 32, 4, 2, 7
@@ -98,7 +98,7 @@ def _decode_args(paged):
     k_cache, v_cache = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
     seqlens = torch.tensor([5, 11], dtype=torch.int32)
     block_table = torch.tensor([[3, 0, 5], [1, 4, 2]], dtype=torch.int32) if paged else None
-    return (q, k_cache, v_cache, seqlens, None, block_table, None, 0.25, True, -1, 0, 0.0, 0)
+    return (q, k_cache, v_cache, seqlens, None, block_table, None, None, 0.25, True, -1, 0, True, 0.0, 0, "triton")
 
 
 @pytest.mark.parametrize("paged", [False, True])

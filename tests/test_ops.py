@@ -5,8 +5,9 @@ import pytest
 import torch
 
 import attn
-from attn import _ops
-from attn._spec import AttentionSpec
+from attn.core.spec import AttentionSpec
+from attn.ops import forward as forward_op
+from attn.ops.args import spec_args
 from attn.testing import assert_parity, random_tensor
 
 
@@ -38,7 +39,7 @@ def test_gradcheck_reference_path(name):
     q, k, v = _leaves([(1, seqlen_q, 4, 6), (1, 7, 2, 6), (1, 7, 2, 6)], torch.float64, seed=1)
 
     def fn(q, k, v):
-        out, lse = _ops.attention(q, k, v, spec, "reference")
+        out, lse = forward_op.attention(q, k, v, spec, "reference")
         return out, torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
 
     assert torch.autograd.gradcheck(fn, (q, k, v))
@@ -47,7 +48,7 @@ def test_gradcheck_reference_path(name):
 def _op_args(dtype, seed, **spec_options):
     q, k, v = _leaves([(1, 37, 4, 24), (1, 45, 2, 24), (1, 45, 2, 24)], dtype, seed)
     spec = AttentionSpec(softmax_scale=0.2, **spec_options)
-    return (q, k, v), dict(_ops.spec_args(spec), backend="triton")
+    return (q, k, v), dict(spec_args(spec), backend="triton")
 
 
 @pytest.mark.parametrize("options", [
@@ -117,7 +118,7 @@ def test_reference_path_matches_oracle():
     """The "reference" op implementation (used for gradcheck) agrees with attn.reference in fp32."""
     q, k, v = _leaves([(1, 33, 4, 16), (1, 41, 1, 16), (1, 41, 1, 16)], torch.float32, seed=11)
     spec = AttentionSpec(softmax_scale=0.25, causal=True, window_right=0, softcap=2.0)
-    out, lse = _ops.attention(q, k, v, spec, "reference")
+    out, lse = forward_op.attention(q, k, v, spec, "reference")
     ref_out, ref_lse = attn.reference.attention(q, k, v, softmax_scale=0.25, causal=True, softcap=2.0)
     assert_parity(out, ref_out, None)
     assert_parity(lse, ref_lse, None, what="lse")

@@ -9,12 +9,12 @@ import zlib
 
 import pytest
 import torch
+from _decode_cases import make_case
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import attn
-from _decode_cases import make_case
-from attn import _backends as _registry
+from attn.backends import registry as _registry
 from attn.testing import assert_parity, parity, random_tensor
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
@@ -207,7 +207,7 @@ def decode_domain(backend: str) -> dict:
     """The inputs a backend's decode takes: the CUDA kernels have 16-bit dtypes and compiled head
     dims only (a cache cannot be padded in place); the others take everything."""
     if backend.startswith("cuda"):
-        return dict(head_dims=list(_registry.load(backend)._ext().head_dims),
+        return dict(head_dims=list(_registry.load(backend).extension.module().head_dims),
                     dtypes=[torch.float16, torch.bfloat16])
     return {}
 

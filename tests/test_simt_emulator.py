@@ -1,7 +1,7 @@
-"""The SIMT emulator (csrc/simt) checked on its own, through attn._cuda_sim.selftest.
+"""The SIMT emulator (csrc/simt) checked on its own, through attn.cuda._cuda_sim.selftest.
 
 Instruction semantics are checked against this file's own reading of the PTX ISA (fragment
-layouts of DESIGN.md §5), not against the emulator's code: the test builds each lane's
+layouts of docs/design.md §5), not against the emulator's code: the test builds each lane's
 registers, the emulator runs one instruction, the test decodes the lanes' results. Every
 detector is shown firing on a kernel with a planted bug.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from attn._cuda_backend import CP_ASYNC_MODES, SCHEDULES, emulator
+from attn.cuda.emulator import CP_ASYNC_MODES, SCHEDULES, emulator
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 FULL = [(s, c) for s in SCHEDULES for c in CP_ASYNC_MODES]
@@ -203,7 +203,7 @@ def test_stack_overflow_into_the_guard_page_is_reported(tmp_path):
     """An overflow that jumps past the canary zone hits the guard page: the process dies with
     SIGSEGV after the emulator's message (so it runs in a subprocess)."""
     script = (
-        "from attn._cuda_backend import emulator\n"
+        "from attn.cuda.emulator import emulator\n"
         "with emulator(stack_bytes=16 * 1024) as ext:\n"
         "    ext.selftest.misuse('stack-overflow', 256 * 1024)\n"
     )

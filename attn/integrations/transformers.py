@@ -27,8 +27,7 @@ from typing import Optional
 
 import torch
 
-from attn.interface import flash_attn_func, scaled_dot_product_attention
-from attn.kvcache_api import flash_attn_with_kvcache
+from attn.api import flash_attn_func, flash_attn_with_kvcache, scaled_dot_product_attention
 
 DEFAULT_NAME = "attn_triton"
 

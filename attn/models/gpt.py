@@ -71,7 +71,7 @@ class GPT(nn.Module):
 
     def make_cache(self, batch_size: int, max_seqlen: Optional[int] = None, *, page_size: Optional[int] = None):
         """An empty :class:`attn.KVCache` sized for this model."""
-        from attn.kvcache import KVCache
+        from attn.api import KVCache
 
         cfg = self.config
         weight = self.tok_emb.weight

@@ -6,24 +6,46 @@ from typing import Optional
 import torch
 from torch import nn
 
-from attn import _validation as V
-from attn.interface import flash_attn_func
+from attn.api import flash_attn_func
+from attn.core import validation as V
 
 
 class CausalSelfAttention(nn.Module):
     """Causal multi-head self-attention with grouped-query heads and an optional KV cache.
 
-    ``x (B, L, embed_dim) -> (B, L, embed_dim)``. One fused projection produces ``num_heads``
-    query heads and ``num_kv_heads`` (default ``num_heads``; fewer is GQA, 1 is MQA) key/value
-    heads of ``embed_dim // num_heads`` dims, then an output projection.
+    ``x (B, L, embed_dim) -> (B, L, embed_dim)``. One fused projection ``qkv_proj`` produces
+    ``num_heads`` query heads and ``num_kv_heads`` key/value heads of
+    ``head_dim = embed_dim // num_heads`` dims (fewer kv heads is GQA, Ainslie et al. 2023;
+    one is MQA, Shazeer 2019), then ``out_proj``. No positional encoding (the module applies
+    none: no rotary embeddings, no ALiBi) and no dropout.
 
-    * ``cache=None``: the causal forward kernel over ``x`` (training, scoring).
-    * ``cache`` an :class:`attn.KVCache` whose layer ``layer_idx`` is empty: prefill; the causal
-      forward kernel over ``x``, and its keys/values are appended to the cache.
-    * otherwise: incremental decode; the new keys/values are appended and the new queries attend
-      to the whole sequence with the decode kernel (causal, bottom-right aligned).
+    Args:
+        embed_dim: Model width ``E``, an int >= 1.
+        num_heads: Query heads ``H``, an int >= 1 dividing ``embed_dim``, with
+            ``embed_dim // num_heads <= 256``.
+        num_kv_heads: Key/value heads ``Hkv``, an int >= 1 dividing ``num_heads``. Default None
+            means ``num_heads`` (plain multi-head attention).
+        bias: Keyword-only. Biases in both projections. Default True.
+        layer_idx: Keyword-only. The layer of an :class:`attn.KVCache` this module reads and
+            writes. Default 0. Checked against the cache at the first cached forward.
+        window_size: Keyword-only. ``(left, right)`` sliding window with flash-attn's meaning
+            (ints >= 0, -1 = unbounded; ``right`` is forced to 0 by causality). Default
+            ``(-1, -1)``; Mistral-style sliding window is ``(w, 0)``.
+        softcap: Keyword-only. Gemma-2 logit soft-capping ``softcap * tanh(s / softcap)``, a
+            finite float >= 0; default 0.0 (off).
+        backend: Keyword-only. ``backend=`` for every attention call: None (default; the block
+            default of :func:`attn.use_backend`, else "auto") or one of "triton", "cuda",
+            "cuda-sim", "cpu", "torch", "reference". Not validated here: an unknown or
+            unavailable name raises at the first forward.
+        device: Keyword-only. Device of the parameters. Default None.
+        dtype: Keyword-only. Dtype of the parameters. Default None.
 
-    ``window_size``/``softcap`` have flash-attn's meaning. ``backend`` pins an attn backend.
+    Raises:
+        TypeError: ``embed_dim``, ``num_heads`` or ``num_kv_heads`` is not an int (bools are
+            refused); ``window_size`` is not a pair of ints; ``softcap`` is not a number.
+        ValueError: one of them is < 1; ``num_heads`` does not divide ``embed_dim``;
+            ``num_kv_heads`` does not divide ``num_heads``; the head dim exceeds 256; a
+            ``window_size`` entry is < -1; ``softcap`` is negative or not finite.
     """
 
     def __init__(
@@ -63,6 +85,42 @@ class CausalSelfAttention(nn.Module):
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
 
     def forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:
+        """Causal self-attention of ``x``, optionally through a KV cache.
+
+        * ``cache=None``: the causal forward kernel (:func:`attn.flash_attn_func`) over ``x``
+          (training, scoring). Differentiable on backends with a backward.
+        * ``cache`` an :class:`attn.KVCache` whose layer ``layer_idx`` holds no token for any
+          sequence: prefill; the causal forward kernel over ``x``, then ``x``'s keys/values are
+          appended to the cache (:meth:`attn.KVCache.append`).
+        * otherwise: incremental decode (or chunked prefill / speculative verification):
+          :meth:`attn.KVCache.attend` appends the new keys/values and the ``L`` new queries
+          attend to each whole sequence with the decode kernel (causal, bottom-right aligned as
+          in flash-attn). Not differentiable.
+
+        Args:
+            x: ``(B, L, embed_dim)`` with ``B, L >= 1``, the dtype (unless autocast) and device
+                of the parameters. With a cache, ``B`` is the cache's ``batch_size``.
+            cache: Optional :class:`attn.KVCache` built with ``num_kv_heads`` and
+                ``head_dim = embed_dim // num_heads``, the parameters' dtype and device.
+                Default None.
+
+        Returns:
+            ``(B, L, embed_dim)`` tensor in the parameters' (or autocast's) dtype.
+
+        Raises:
+            TypeError: ``x`` is not a tensor, or its dtype differs from the parameters' outside
+                autocast; or as :func:`attn.flash_attn_func` /
+                :meth:`attn.KVCache.attend` (e.g. a cache of another dtype).
+            ValueError: ``x`` is not ``(B, L, embed_dim)`` with ``B, L >= 1``; ``x`` is not on
+                the parameters' device; ``layer_idx`` is not a layer of ``cache``; the cache
+                would exceed ``max_seqlen``; or as :func:`attn.flash_attn_func` /
+                :meth:`attn.KVCache.attend` (shape or device mismatches with the cache, an
+                unknown ``backend`` name).
+            NotImplementedError: the chosen backend cannot honour the call (it names the
+                backends that can), or a decode step with inputs that require grad.
+            RuntimeError: the module's ``backend`` is unavailable here, or a paged cache is out
+                of pages.
+        """
         fn = "CausalSelfAttention.forward"
         V.check_tensor(fn, "x", x)
         if x.dim() != 3 or x.shape[-1] != self.embed_dim or x.shape[0] < 1 or x.shape[1] < 1:

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attn import _validation as V
-from attn.interface import scaled_dot_product_attention
+from attn.api import scaled_dot_product_attention
+from attn.core import validation as V
 
 _FN = "MultiheadAttention.forward"
 
@@ -68,24 +68,57 @@ def _weights_path(q, k, v, mask, dropout_p: float):
 class MultiheadAttention(nn.MultiheadAttention):
     """Drop-in ``torch.nn.MultiheadAttention`` whose attention runs on attn's kernels.
 
-    Same constructor (plus keyword-only ``backend``, see :func:`attn.use_backend`), same
-    parameters and state_dict, same ``forward`` signature and mask conventions as PyTorch:
-    ``attn_mask`` ``(L, S)`` or ``(B * num_heads, L, S)`` and ``key_padding_mask`` ``(B, S)``
-    are bool (True = masked out, the opposite of SDPA) or additive float.
+    A subclass with the same constructor (plus keyword-only ``backend``), parameters,
+    state_dict, ``forward`` signature and mask conventions as PyTorch's: ``attn_mask`` ``(L, S)``
+    or ``(B * num_heads, L, S)`` and ``key_padding_mask`` ``(B, S)`` are bool (True = masked
+    out, the opposite of SDPA's convention) or additive float. ``forward`` projects with the
+    module's weights and calls :func:`attn.scaled_dot_product_attention`.
+
+    Differences from PyTorch:
 
     * ``need_weights=True`` (PyTorch's default) computes the attention weights on a reference
-      path in plain PyTorch (explicit ``(B, H, L, S)`` probabilities): the fused kernels never
-      materialize them. Pass ``need_weights=False`` to run the kernels.
-    * ``is_causal=True`` is a hint, as in PyTorch: without ``key_padding_mask`` and weights the
-      causal kernel runs and ``attn_mask`` is ignored; otherwise ``attn_mask`` is used. Unlike
-      PyTorch, ``attn_mask`` may be omitted with ``is_causal=True`` (top-left causal mask).
+      path in plain PyTorch (explicit ``(B, H, L, S)`` fp32 probabilities; ``backend`` is not
+      used): the fused kernels never materialize them. Pass ``need_weights=False`` to run the
+      kernels.
+    * ``is_causal=True`` is a hint, as in PyTorch, but ``attn_mask`` may be omitted (a top-left
+      causal mask is then built); see :meth:`forward`.
     * A query whose keys are all masked outputs 0 (PyTorch gives NaN).
-    * ``dropout > 0`` in training mode raises ``NotImplementedError`` (no kernel has dropout).
+    * Dropout: on the kernel path (``need_weights=False``) ``dropout > 0`` in training mode
+      raises ``NotImplementedError`` (no kernel has dropout); the ``need_weights=True`` path
+      applies dropout to the probabilities like PyTorch.
 
     Inside ``nn.TransformerEncoderLayer``: in inference (eval mode, no grad, batch_first, ...)
     PyTorch's fast path calls its fused native kernel with this module's weights and never
     calls this module. Disable it with ``torch.backends.mha.set_fastpath_enabled(False)`` to run
     attn's kernels there; the outputs agree either way.
+
+    Args:
+        embed_dim: Model width ``E``; query feature size and output size.
+        num_heads: Number of heads ``H``; must divide ``embed_dim``. The kernels take a head dim
+            ``E // H`` of at most 256 (checked at the first kernel call).
+        dropout: Dropout probability on the attention weights, applied only in training mode.
+            Default 0.0. See above: any value > 0 makes training-mode kernel calls raise.
+        bias: Add biases to the input and output projections. Default True.
+        add_bias_kv: Append learned bias vectors to the key and value sequences (one extra
+            key, never masked). Default False.
+        add_zero_attn: Append a zero key/value (one extra key, never masked). Default False.
+        kdim: Key feature size; default None means ``embed_dim``.
+        vdim: Value feature size; default None means ``embed_dim``.
+        batch_first: Inputs and output are ``(B, L, E)`` instead of ``(L, B, E)``. Default
+            False.
+        device: Device of the parameters (factory kwarg). Default None.
+        dtype: Dtype of the parameters (factory kwarg). Default None.
+        backend: Keyword-only. The ``backend=`` passed to
+            :func:`attn.scaled_dot_product_attention` on the kernel path: None (default; the
+            block default of :func:`attn.use_backend`, else "auto": on CUDA tensors "cuda",
+            "triton", "torch", "reference", on CPU tensors "cpu", "torch", "reference") or one of
+            "triton", "cuda", "cuda-sim", "cpu", "torch", "reference". Not validated here: an
+            unknown or unavailable name raises at the first kernel call. Stored as
+            ``self.backend`` (not part of the state_dict).
+
+    Raises:
+        ValueError: ``num_heads > 0`` does not divide ``embed_dim``. Other invalid arguments
+            raise whatever ``torch.nn.MultiheadAttention.__init__`` raises.
     """
 
     def __init__(
@@ -143,10 +176,55 @@ class MultiheadAttention(nn.MultiheadAttention):
         average_attn_weights: bool = True,
         is_causal: bool = False,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """``query (L, B, E)`` / ``(B, L, E)`` with ``batch_first`` / unbatched ``(L, E)``;
-        ``key (S, B, kdim)``, ``value (S, B, vdim)`` alike. Returns ``(out, weights)`` with
-        ``weights`` ``(B, L, S)`` averaged over heads, ``(B, H, L, S)`` otherwise, or ``None``
-        when ``need_weights=False``."""
+        """Multi-head attention of ``query`` over ``key``/``value``, as ``nn.MultiheadAttention``.
+
+        Shapes below are batched with ``batch_first=False``; with ``batch_first=True`` swap the
+        first two dims (``(B, L, E)``); unbatched inputs drop ``B`` (``(L, E)``, ``(S, kdim)``,
+        ...). ``S`` is the key length; ``add_bias_kv`` and ``add_zero_attn`` each append one
+        never-masked key, so the returned weights have ``S + 1`` or ``S + 2`` columns then.
+
+        Args:
+            query: ``(L, B, E)``, the dtype and device of the module's parameters (the dtype may
+                differ under autocast).
+            key: ``(S, B, kdim)``, same batch size, dtype and device.
+            value: ``(S, B, vdim)``, the same batch and sequence dims as ``key``.
+            key_padding_mask: Optional ``(B, S)`` (``(S,)`` unbatched): bool, True = ignore that
+                key; or float, added to the scores. Default None.
+            need_weights: Return the attention weights. Default True (PyTorch's default), which
+                runs the plain-PyTorch reference path instead of the kernels; pass False for
+                the fused kernels.
+            attn_mask: Optional ``(L, S)`` or ``(B * num_heads, L, S)``: bool, True = not
+                allowed to attend; or float, added to the scores. Default None.
+            average_attn_weights: Average the returned weights over heads. Default True.
+            is_causal: Causal hint (top-left aligned, PyTorch SDPA convention). Default False.
+                With no ``key_padding_mask`` and ``need_weights=False`` the causal kernel runs
+                and ``attn_mask`` is ignored (PyTorch likewise trusts ``attn_mask`` to be the
+                causal mask); otherwise ``attn_mask`` is used if given, else a causal mask is
+                built and combined with ``key_padding_mask``.
+
+        Returns:
+            ``(attn_output, attn_weights)``: ``attn_output (L, B, E)`` (``(B, L, E)`` with
+            ``batch_first``, ``(L, E)`` unbatched) in the parameters' (or autocast's) dtype;
+            ``attn_weights`` in
+            ``query``'s dtype, ``(B, L, S)`` averaged over heads or ``(B, num_heads, L, S)``
+            with ``average_attn_weights=False`` (``(L, S)`` / ``(num_heads, L, S)``
+            unbatched), or None when ``need_weights=False``.
+
+        Raises:
+            TypeError: ``query``, ``key`` or ``value`` is not a tensor, or its dtype differs
+                from the parameters' outside autocast; on the kernel path, a mask dtype other
+                than bool or float16/bfloat16/float32 (raised by
+                :func:`attn.scaled_dot_product_attention`, whose name the message carries).
+            ValueError: ``query`` not 2-D or 3-D; ``key``/``value`` rank differs from
+                ``query``'s; a last dim other than ``embed_dim``/``kdim``/``vdim``; ``key`` and
+                ``value`` batch/sequence dims differ; batch sizes differ; an input not on the
+                parameters' device; ``attn_mask`` or ``key_padding_mask`` of the wrong shape;
+                on the kernel path, a head dim above 256, a mask on another device, or an
+                unknown ``backend`` name.
+            NotImplementedError: on the kernel path, dropout > 0 in training mode, or the
+                chosen backend cannot honour the call (the message names the backends that can).
+            RuntimeError: on the kernel path, the module's ``backend`` is unavailable here.
+        """
         batched = self._check_inputs(query, key, value)
         if not batched:
             query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)

@@ -6,7 +6,7 @@ BLOCK_M packed query rows: all ``GROUP = H // Hkv`` query heads that read this k
 K/V tile is therefore loaded once per (group, q tile) instead of once per query head. Split ``s``
 walks the ``s``-th of ``n_splits`` equal runs of the key tiles its rows can see, and writes its
 normalized partial output and natural-log LSE (fp32 partial buffers when ``n_splits > 1``; the
-final out/lse directly when ``n_splits == 1``); :mod:`attn.triton._combine_kernel` merges splits.
+final out/lse directly when ``n_splits == 1``); :mod:`attn.triton._decode_combine_kernel` merges splits.
 
     q        (B, Sq, H, D)                        any strides, last dim contiguous
     k/v      contiguous (B_cache, S_max, Hkv, D)  sequence b is row cache_batch_idx[b] (or b)

@@ -7,7 +7,7 @@ sm_90) for 16-bit inputs, and ``ptxas -v`` reports no spills.
 
 Run as ``python -m attn.triton.aot --arch 80 [--filter fwd]``: prints one JSON line per
 configuration. It must run WITHOUT ``TRITON_INTERPRET`` (the test launches it in a subprocess).
-Each op adds its configurations to :func:`configs` through a ``*_aot_configs()`` generator.
+The configurations come from :mod:`attn.triton.aot_configs`, one generator per op.
 """
 from __future__ import annotations
 
@@ -19,34 +19,11 @@ import re
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
-from typing import Optional
 
-import torch
+from attn.triton.aot_configs import AotConfig, configs
 
 # Usable shared memory per block (opt-in maximum), bytes.
 SHARED_MEMORY_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
-TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
-
-
-@dataclass(frozen=True)
-class AotConfig:
-    name: str
-    kernel: str  # "module:attribute" of the @triton.jit function
-    pointers: dict  # argument name -> Triton pointee type ("fp16", "fp32", "i32", ...)
-    floats: tuple  # names of fp32 scalar arguments; every other non-constexpr scalar is i32
-    constexprs: dict
-    num_warps: int
-    num_stages: int
-    tensor_cores: bool = True  # expect mma/wgmma in the PTX
-    # sm_90: expect wgmma; False where the tiles are narrower than wgmma's 64-row warpgroup tile
-    # (chosen to avoid spills) and tensor cores are used through mma.sync instead
-    wgmma: bool = True
-    extra: dict = field(default_factory=dict)
-    # Arguments the JIT would specialize as multiples of 16 (aligned pointers, strides) in typical
-    # calls; without these hints loads are not vectorized and the compile is not what runs.
-    divisible: tuple = ()
-    maxnreg: Optional[int] = None  # ptxas register cap the launcher passes (None: not set)
 
 
 def _signature(fn, cfg: AotConfig) -> dict:
@@ -118,16 +95,6 @@ def compile_config(cfg: AotConfig, arch: int) -> dict:
     }
     result.update(_ptxas_report(ptx, arch))
     return result
-
-
-def configs(full: bool = False) -> list[AotConfig]:
-    """The configurations CI compiles; ``full`` adds every decode variant (a covering subset
-    by default, the whole sweep takes ~20 CPU-minutes per architecture)."""
-    from attn.triton.bwd import backward_aot_configs
-    from attn.triton.decode_aot import decode_aot_configs
-    from attn.triton.fwd import forward_aot_configs
-
-    return list(forward_aot_configs()) + list(backward_aot_configs()) + list(decode_aot_configs(full=full))
 
 
 def main(argv=None) -> int:

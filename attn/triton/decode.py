@@ -6,10 +6,10 @@ from typing import Optional
 import torch
 import triton
 
-from attn._alloc import empty
-from attn._spec import AttentionSpec
-from attn._splits import decode_num_splits
-from attn.triton._combine_kernel import _decode_combine_kernel
+from attn.core.alloc import empty
+from attn.core.spec import AttentionSpec
+from attn.core.splits import decode_num_splits
+from attn.triton._decode_combine_kernel import _decode_combine_kernel
 from attn.triton._decode_kernel import _decode_split_kernel
 from attn.triton._launch import dot_flags
 from attn.triton.configs import head_dim_bucket

@@ -54,7 +54,7 @@ _NUM_STAGES = 3
 # configurations spills a few bytes to meet it, mostly with paged caches (a runtime division
 # position // page_size per key, and the gathered row offsets of every in-flight tile stay live).
 # Lifting the cap (maxnreg=255) removes those spills; lifting it everywhere made ptxas spill in
-# others. Measured with ``python -m attn.triton.decode_aot --all`` on sm_80 and sm_90: a
+# others. Measured with ``python -m attn.triton.aot_configs --all`` on sm_80 and sm_90: a
 # configuration is listed when it spilled on either architecture with ptxas's own target and
 # spills on neither with the cap lifted.
 # Keys: (dtype, BLOCK_D, BLOCK_M, paged, writes the final output (one split), softcap/ALiBi on).

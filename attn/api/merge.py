@@ -15,12 +15,41 @@ from __future__ import annotations
 
 import torch
 
-from attn import _validation as V
+from attn.core import validation as V
 
 
 def merge_attention_states(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor):
-    """``out_* (B, S, H, D)``, ``lse_* (B, H, S)`` fp32 natural log -> merged ``(out, lse)``,
-    ``out`` in ``out_a``'s dtype, ``lse`` fp32."""
+    """Merges two attention results over disjoint key sets into the result over their union.
+
+    The log-sum-exp rescaling of FlashAttention-2's online softmax (Dao 2023), as used to combine
+    key splits in Flash-Decoding (and by FlashInfer's ``merge_state``, which works in base-2
+    LSE; here it is natural log). With ``m = max(lse_a, lse_b)``:
+    ``lse = m + log(exp(lse_a - m) + exp(lse_b - m))`` and
+    ``out = exp(lse_a - lse) * out_a + exp(lse_b - lse) * out_b``, computed in fp32. A side with
+    ``lse = -inf`` (it saw no key) gets weight 0; if both are ``-inf`` the row is ``out = 0,
+    lse = -inf``. NaN in an ``lse`` propagates. Computed with plain PyTorch ops on the inputs'
+    device (no ``backend`` argument). Used for prefix caching (shared prefix + per-request
+    suffix) and ring attention.
+
+    Args:
+        out_a: ``(B, S, H, D)`` attention output over key set A, float16, bfloat16 or float32.
+        lse_a: float32 ``(B, H, S)`` natural-log log-sum-exp of the scores of ``out_a``'s rows
+            (as returned with ``return_attn_probs=True`` / ``return_softmax_lse=True``).
+        out_b: ``(B, S, H, D)`` output over key set B: the same shape, dtype and device as
+            ``out_a``.
+        lse_b: float32 ``(B, H, S)`` log-sum-exp of ``out_b``'s rows, on ``out_a``'s device.
+
+    Returns:
+        ``(out, lse)``: ``out (B, S, H, D)`` in ``out_a``'s dtype, ``lse (B, H, S)`` float32
+        natural log.
+
+    Raises:
+        TypeError: an argument is not a tensor; ``out_a`` is not float16/bfloat16/float32;
+            ``out_b``'s dtype differs from ``out_a``'s; ``lse_a`` or ``lse_b`` is not float32.
+        ValueError: ``out_a``/``out_b`` not 4-D or ``lse_a``/``lse_b`` not 3-D; ``out_b``'s shape
+            differs from ``out_a``'s; an ``lse`` is not ``(B, H, S)``; ``out_b``, ``lse_a`` or
+            ``lse_b`` is not on ``out_a``'s device.
+    """
     fn = "merge_attention_states"
     for name, t in (("out_a", out_a), ("out_b", out_b)):
         V.check_tensor(fn, name, t, rank=4)

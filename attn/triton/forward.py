@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 import triton
 
-from attn._alloc import empty
-from attn._spec import AttentionSpec
-from attn.triton._fwd_kernel import _attn_fwd_kernel
+from attn.core.alloc import empty
+from attn.core.spec import AttentionSpec
+from attn.triton._forward_kernel import _attn_fwd_kernel
 from attn.triton._launch import dot_flags
 from attn.triton.configs import forward_config, head_dim_bucket
 
@@ -41,33 +41,3 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: A
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out, lse
-
-
-def forward_aot_configs():
-    """Every forward configuration the launcher can pick: head-dim bucket x dtype (causal,
-    windows and Sk boundaries are runtime arguments of one binary), the bias variant (its own
-    tile shape) for every bucket, and softcap/ALiBi once (they add a few ALU ops, no operand)."""
-    from attn.triton.aot import TRITON_TYPES, AotConfig
-    from attn.triton.configs import HEAD_DIM_BUCKETS
-
-    variants = [(dtype, block_d, "", {}) for dtype in TRITON_TYPES for block_d in HEAD_DIM_BUCKETS]
-    variants += [(dtype, block_d, "-bias", {"HAS_BIAS": True})
-                 for dtype in (torch.float16, torch.float32) for block_d in HEAD_DIM_BUCKETS]
-    variants += [(torch.float16, 128, "-softcap", {"HAS_SOFTCAP": True}), (torch.float16, 128, "-alibi", {"HAS_ALIBI": True})]
-    for dtype, block_d, suffix, flags in variants:
-        ty = TRITON_TYPES[dtype]
-        cfg = forward_config(block_d, dtype, has_bias=bool(flags.get("HAS_BIAS")))
-        constexprs = {"BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_D": block_d,
-                      "HAS_SOFTCAP": False, "HAS_ALIBI": False, "HAS_BIAS": False,
-                      "DOT_FP32": False, "PRECISION": "ieee" if dtype == torch.float32 else "tf32"}
-        constexprs.update(flags)
-        yield AotConfig(
-            name=f"fwd-d{block_d}-{ty}{suffix}",
-            kernel="attn.triton._fwd_kernel:_attn_fwd_kernel",
-            pointers={"Q": ty, "K": ty, "V": ty, "Out": ty, "Lse": "fp32", "Bias": "fp32", "Alibi": "fp32"},
-            floats=("sm_scale", "softcap"),
-            constexprs=constexprs,
-            num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages,
-            tensor_cores=dtype != torch.float32,
-        )

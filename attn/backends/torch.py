@@ -1,9 +1,6 @@
-"""Backends made of plain PyTorch ops: "torch" (SDPA) and "reference" (the oracle).
-
-Both are differentiable through autograd and run on any device. "torch" calls
-``torch.nn.functional.scaled_dot_product_attention`` with masks expressed as an additive bias,
-so it materializes nothing PyTorch would not; it cannot express ``softcap`` or return the LSE.
-"reference" runs :func:`attn.reference.attention` in fp32 and supports everything.
+"""The "torch" backend: ``torch.nn.functional.scaled_dot_product_attention``, differentiable through
+autograd, on any device. Masks are expressed as an additive bias, so it materializes nothing
+PyTorch would not; it cannot express ``softcap`` or return the LSE.
 
 PyTorch's fused CPU SDPA kernels turn a NaN input row into zeros; attn documents that NaN
 propagates, so "torch" hands inputs that contain NaN to the reference formula (one O(B·S·H·D)
@@ -14,16 +11,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from attn import _cache_ops, reference
-from attn._spec import AttentionSpec
-
-_ALL_FORWARD = frozenset({"causal", "window_size", "softcap", "alibi_slopes", "attn_mask", "return_lse", "backward"})
+from attn import reference
+from attn.backends.reference import ALL_FORWARD, REFERENCE
+from attn.core.spec import AttentionSpec
 
 
 class TorchSDPABackend:
     name = "torch"
     devices = frozenset({"cpu", "cuda"})
-    capabilities = {"forward": _ALL_FORWARD - {"softcap", "return_lse"}}
+    capabilities = {"forward": ALL_FORWARD - {"softcap", "return_lse"}}
 
     def status(self, device_type: str):
         if device_type == "cuda" and not torch.cuda.is_available():
@@ -62,38 +58,4 @@ class TorchSDPABackend:
         return out.transpose(1, 2), None
 
 
-class ReferenceBackend:
-    name = "reference"
-    devices = frozenset({"cpu", "cuda"})
-    capabilities = {"forward": _ALL_FORWARD, "decode": _ALL_FORWARD - {"attn_mask", "backward"}}
-
-    def status(self, device_type: str):
-        if device_type == "cuda" and not torch.cuda.is_available():
-            return "no CUDA device"
-        return None
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec):
-        out, lse = reference.attention(
-            q, k, v, softmax_scale=spec.softmax_scale, causal=spec.causal, bottom_right=spec.bottom_right,
-            window_size=spec.window_size, softcap=spec.softcap, alibi_slopes=spec.alibi_slopes,
-            attn_mask=spec.bias, dtype=torch.float32,
-        )
-        return out.to(q.dtype), lse
-
-    def decode(self, q, k_cache, v_cache, seqlens_k, cache_batch_idx, block_table, spec: AttentionSpec,
-               num_splits: int):
-        """Gathers the cache into logical ``(B, capacity, Hkv, D)`` K/V and runs the oracle with
-        per-sequence key lengths (``num_splits`` has no meaning here)."""
-        batch = q.shape[0]
-        k = _cache_ops.gather(k_cache, batch, cache_batch_idx, block_table)
-        v = _cache_ops.gather(v_cache, batch, cache_batch_idx, block_table)
-        out, lse = reference.attention(
-            q, k, v, softmax_scale=spec.softmax_scale, causal=spec.causal, bottom_right=True,
-            window_size=spec.window_size, softcap=spec.softcap, alibi_slopes=spec.alibi_slopes,
-            seqlens_k=seqlens_k, dtype=torch.float32,
-        )
-        return out.to(q.dtype), lse
-
-
 TORCH = TorchSDPABackend()
-REFERENCE = ReferenceBackend()

@@ -2,7 +2,7 @@
 
 Grid: (Sq, B * H). One program owns one query row and folds in its ``n_splits`` partials one at a
 time (an online softmax over splits, so registers do not grow with the split count); the math is
-:func:`attn.merge.merge_attention_states` extended to many inputs:
+:func:`attn.api.merge.merge_attention_states` extended to many inputs:
 
     m = max_s lse_s,  w_s = exp(lse_s - m),  out = sum_s w_s out_s / sum_s w_s,
     lse = m + log(sum_s w_s)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 import triton
 
-from attn._alloc import empty
-from attn._spec import AttentionSpec
-from attn.triton._bwd_kernel import _attn_bwd_dkdv_kernel, _attn_bwd_dq_kernel, _attn_bwd_preprocess_kernel
+from attn.core.alloc import empty
+from attn.core.spec import AttentionSpec
+from attn.triton._backward_kernel import _attn_bwd_dkdv_kernel, _attn_bwd_dq_kernel, _attn_bwd_preprocess_kernel
 from attn.triton._launch import dot_flags
 from attn.triton.configs import backward_config, head_dim_bucket, preprocess_block_m
 
@@ -77,53 +77,3 @@ def attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
         num_warps=cfg.dq.num_warps, num_stages=cfg.dq.num_stages,
     )
     return dq, dk, dv
-
-
-def backward_aot_configs():
-    """Every backward configuration the launcher can pick: the three kernels for each head-dim
-    bucket x dtype (causal, windows and sequence boundaries are runtime arguments of one binary),
-    with an additive bias (an extra fp32 (BLOCK_M, BLOCK_N) tile per step) for 16-bit and fp32
-    inputs, and softcap + ALiBi once per kernel (a few ALU ops, no extra operand)."""
-    from attn.triton.aot import TRITON_TYPES, AotConfig
-    from attn.triton.configs import HEAD_DIM_BUCKETS
-
-    variants = [(dtype, block_d, "", {}) for dtype in TRITON_TYPES for block_d in HEAD_DIM_BUCKETS]
-    variants += [(dtype, block_d, "-bias", {"HAS_BIAS": True})
-                 for dtype in (torch.float16, torch.float32) for block_d in HEAD_DIM_BUCKETS]
-    variants += [(torch.bfloat16, 128, "-softcap-alibi", {"HAS_SOFTCAP": True, "HAS_ALIBI": True})]
-    kernels = (("dkdv", "_attn_bwd_dkdv_kernel", ("DK", "DV")), ("dq", "_attn_bwd_dq_kernel", ("DQ",)))
-    for dtype, block_d, suffix, flags in variants:
-        ty = TRITON_TYPES[dtype]
-        cfg = backward_config(block_d, dtype, has_bias=bool(flags.get("HAS_BIAS")))
-        for part, kernel, grads in kernels:
-            tile = getattr(cfg, part)
-            constexprs = {"BLOCK_M": tile.block_m, "BLOCK_N": tile.block_n, "BLOCK_D": block_d,
-                          "HAS_SOFTCAP": False, "HAS_ALIBI": False, "HAS_BIAS": False,
-                          "DOT_FP32": False, "PRECISION": "ieee" if dtype == torch.float32 else "tf32"}
-            constexprs.update(flags)
-            yield AotConfig(
-                name=f"bwd-{part}-d{block_d}-{ty}{suffix}",
-                kernel=f"attn.triton._bwd_kernel:{kernel}",
-                pointers={"Q": ty, "K": ty, "V": ty, "DOut": ty, **{g: ty for g in grads},
-                          "Lse": "fp32", "Delta": "fp32", "Bias": "fp32", "Alibi": "fp32"},
-                floats=("sm_scale", "softcap"),
-                constexprs=constexprs,
-                num_warps=tile.num_warps,
-                num_stages=tile.num_stages,
-                tensor_cores=dtype != torch.float32,
-                # a program's dots have BLOCK_N (dK/dV) or BLOCK_M (dQ) rows
-                wgmma=(tile.block_n if part == "dkdv" else tile.block_m) >= 64,
-            )
-    for dtype in TRITON_TYPES:
-        ty = TRITON_TYPES[dtype]
-        for block_d in HEAD_DIM_BUCKETS:
-            yield AotConfig(
-                name=f"bwd-preprocess-d{block_d}-{ty}",
-                kernel="attn.triton._bwd_kernel:_attn_bwd_preprocess_kernel",
-                pointers={"Out": ty, "DOut": ty, "DLse": "fp32", "Delta": "fp32"},
-                floats=(),
-                constexprs={"BLOCK_M": preprocess_block_m(block_d), "BLOCK_D": block_d},
-                num_warps=4,
-                num_stages=1,
-                tensor_cores=False,
-            )

@@ -5,11 +5,11 @@ A backend is an object with
 * ``name``;
 * ``devices``: the tensor device types it runs on (``{"cuda"}``, ``{"cpu"}``, or both);
 * ``capabilities``: for each op (``"forward"``, ``"decode"``) the optional features it honours
-  (names from :meth:`attn._spec.AttentionSpec.options_in_use`, plus ``"backward"``);
+  (names from :meth:`attn.core.spec.AttentionSpec.options_in_use`, plus ``"backward"``);
 * ``status(device_type) -> Optional[str]``: ``None`` when usable for that device here, else why not;
 * one method per op it implements (``forward(q, k, v, spec) -> (out, lse)``,
   ``decode(q, k_cache, v_cache, seqlens_k, cache_batch_idx, block_table, spec, num_splits) -> (out, lse)``
-  on a validated, already-appended cache (see :mod:`attn.kvcache_api`), ...).
+  on a validated, already-appended cache (see :mod:`attn.api.decode`), ...).
 
 Backends are imported lazily, so ``import attn`` never imports Triton or a compiled extension.
 """
@@ -25,12 +25,12 @@ import torch
 
 # name -> "module:attribute" of the backend object
 _REGISTRY: dict[str, str] = {
-    "triton": "attn.triton.backend:BACKEND",
-    "cpu": "attn._cpu_backend:CPU",
-    "torch": "attn._torch_backend:TORCH",
-    "reference": "attn._torch_backend:REFERENCE",
-    "cuda": "attn._cuda_backend:CUDA",
-    "cuda-sim": "attn._cuda_backend:CUDA_SIM",
+    "triton": "attn.backends.triton:TRITON",
+    "cpu": "attn.backends.cpu:CPU",
+    "torch": "attn.backends.torch:TORCH",
+    "reference": "attn.backends.reference:REFERENCE",
+    "cuda": "attn.backends.cuda:CUDA",
+    "cuda-sim": "attn.backends.cuda:CUDA_SIM",
 }
 
 # Order tried by "auto", per device type. The Triton interpreter is never picked automatically
@@ -72,6 +72,21 @@ def load(name: str):
 
 @dataclass(frozen=True)
 class BackendInfo:
+    """Whether one backend works on this machine, as reported by :func:`available_backends`.
+
+    Attributes:
+        name: The backend's name, as accepted by ``backend=`` and :func:`use_backend`
+            ("triton", "cpu", "torch", "reference", "cuda", "cuda-sim").
+        available: True when it can run calls on at least one device type here.
+        detail: When available, the tensor device types it runs on (e.g. "runs on cuda
+            tensors; not cpu: ..."); otherwise why not (a missing optional dependency or
+            unbuilt extension, no CUDA device, compute capability below 8.0, Triton on CPU
+            without ``TRITON_INTERPRET=1``, ...).
+
+    ``str(info)`` reads ``"name: available (detail)"`` or ``"name: unavailable (detail)"``.
+    Being available does not mean it supports every option: that is checked per call.
+    """
+
     name: str
     available: bool
     detail: str
@@ -81,7 +96,16 @@ class BackendInfo:
 
 
 def available_backends() -> dict[str, BackendInfo]:
-    """Every known backend, whether it works on this machine, and why not when it doesn't."""
+    """Every known backend, whether it works on this machine, and why not when it doesn't.
+
+    Imports each backend lazily (a failing import is reported, never raised), so the first call
+    may import Triton or load a compiled extension.
+
+    Returns:
+        A dict from backend name to :class:`BackendInfo`, for every registered backend:
+        "triton", "cpu", "torch", "reference", "cuda", "cuda-sim" (plus any added with
+        :func:`register`).
+    """
     out = {}
     for name in _REGISTRY:
         backend = load(name)
@@ -109,7 +133,30 @@ def usable(name: str, device_type: str) -> bool:
 
 @contextlib.contextmanager
 def use_backend(name: Optional[str]) -> Iterator[None]:
-    """Within the block, calls that pass ``backend=None`` use ``name``."""
+    """Context manager: within the block, calls that pass ``backend=None`` use ``name``.
+
+    Applies to every public function and module that takes ``backend=`` (an explicit
+    ``backend=`` argument still wins). Stored in a ``contextvars.ContextVar``, so it is local to
+    the thread / asyncio task and restored on exit, nesting included. Under
+    ``torch.compile`` the choice is made while tracing, so the backend active then is baked
+    into the compiled graph.
+
+    Example::
+
+        with attn.use_backend("reference"):
+            out = attn.flash_attn_func(q, k, v)
+
+    Args:
+        name: A backend name ("triton", "cuda", "cuda-sim", "cpu", "torch", "reference"),
+            or ``"auto"``/``None`` for per-call automatic selection (on CUDA tensors the first
+            of "cuda", "triton", "torch", "reference" that is available and supports every
+            option of the call; on CPU tensors "cpu", "torch", "reference"). Whether the named
+            backend is usable is checked at each call, not here.
+
+    Raises:
+        ValueError: ``name`` is not a registered backend name, "auto" or None (raised when the
+            ``with`` block is entered).
+    """
     if name is not None and name != "auto" and name not in _REGISTRY:
         raise ValueError(f"use_backend: argument 'name' expected one of {sorted(_REGISTRY)} or 'auto', got {name!r}")
     token = _current.set(name)

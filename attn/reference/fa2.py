@@ -1,6 +1,6 @@
 """The FlashAttention-2 forward/backward formulas in plain PyTorch, O(N^2) memory.
 
-This is the "reference" implementation behind the custom ops of :mod:`attn._ops`: it computes
+This is the "reference" implementation behind the custom ops of :mod:`attn.ops.forward`: it computes
 exactly what the Triton kernels compute (P recomputed from the saved LSE, ``Delta = rowsum(dO *
 O) - dLSE``, ``dS = P * (dP - Delta)``, the softcap derivative, the GQA group sum), in fp32, or in
 fp64 for fp64 inputs, so ``torch.autograd.gradcheck`` in fp64 checks these formulas and the
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from attn import reference
-from attn._spec import AttentionSpec
+from attn.core.spec import AttentionSpec
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -39,7 +39,7 @@ def _heads(t: torch.Tensor, group: int, dtype: torch.dtype) -> torch.Tensor:
     return t.to(dtype).transpose(1, 2).repeat_interleave(group, dim=1)
 
 
-def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec):
+def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec):
     """-> ``out (B, Sq, H, D)`` in q's dtype, ``lse (B, H, Sq)`` in the compute dtype."""
     dtype = compute_dtype(q.dtype)
     scores = _scores(q, k, spec, dtype)  # (B, H, Sq, Sk)
@@ -48,7 +48,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSp
     return out.transpose(1, 2).to(q.dtype).contiguous(), lse
 
 
-def backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+def attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
              lse: torch.Tensor, dlse: torch.Tensor, spec: AttentionSpec):
     """-> ``dq, dk, dv`` in the inputs' dtypes (see the module docstring for the formulas)."""
     dtype = compute_dtype(q.dtype)

@@ -1,11 +1,14 @@
-"""The "triton" backend object (see :mod:`attn._backends` for the protocol)."""
+"""The "triton" backend: the ``@triton.jit`` kernels of :mod:`attn.triton` (forward, fused
+backward, split-KV decode), launched through the ops ``attn::flash_attn_forward`` (differentiable)
+and ``attn::flash_attn_decode``. See :mod:`attn.backends.registry` for the backend protocol."""
 from __future__ import annotations
 
 import torch
 
-from attn import _decode_ops, _ops
-from attn._spec import AttentionSpec
-from attn.triton._fwd_kernel import _attn_fwd_kernel
+from attn.core.spec import AttentionSpec
+from attn.ops import decode as decode_op
+from attn.ops import forward as forward_op
+from attn.triton._forward_kernel import _attn_fwd_kernel
 from attn.triton._launch import is_interpreting
 
 
@@ -31,13 +34,12 @@ class TritonBackend:
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec):
         # Through the custom op: differentiable, and opaque to torch.compile (no graph break).
-        return _ops.attention(q, k, v, spec, "triton")
+        return forward_op.attention(q, k, v, spec, "triton")
 
     def decode(self, q, k_cache, v_cache, seqlens_k, cache_batch_idx, block_table, spec: AttentionSpec,
                num_splits: int):
         # Through the custom op: opaque to torch.compile (no graph break).
-        return _decode_ops.decode(q, k_cache, v_cache, seqlens_k, cache_batch_idx, block_table, spec, num_splits,
-                                  "triton")
+        return decode_op.decode(q, k_cache, v_cache, seqlens_k, cache_batch_idx, block_table, spec, num_splits, "triton")
 
 
-BACKEND = TritonBackend()
+TRITON = TritonBackend()

@@ -29,8 +29,7 @@ Masked tiles are skipped by the tile-bound helpers of :mod:`attn.triton._common`
 import triton
 import triton.language as tl
 
-from attn.triton._common import (_dot, _key_tile_bounds, _query_tile_bounds, _scores_log2, _softcap_grad,
-                                 _visible)
+from attn.triton._common import _dot, _key_tile_bounds, _query_tile_bounds, _scores_log2, _softcap_grad, _visible
 
 
 @triton.jit

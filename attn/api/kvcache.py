@@ -19,13 +19,26 @@ from typing import Optional, Union
 
 import torch
 
-from attn import _cache_ops
-from attn import _validation as V
-from attn.kvcache_api import flash_attn_with_kvcache
+from attn.api.decode import flash_attn_with_kvcache
+from attn.core import cache_layout
+from attn.core import validation as V
 
 
 class PageAllocator:
-    """Free list of page indices ``[0, num_pages)``; the lowest free index is handed out first."""
+    """Free list of the page indices ``[0, num_pages)`` of a paged KV cache's pool.
+
+    The lowest free index is handed out first. :class:`KVCache` uses one to give pages to
+    sequences as they grow and take them back when they are cropped or reset (vLLM-style block
+    allocation); it can also manage a pool passed to :func:`attn.flash_attn_with_kvcache` as
+    ``block_table`` entries directly. Host-side bookkeeping only: it touches no tensor.
+
+    Args:
+        num_pages: Size of the pool, an int >= 1.
+
+    Raises:
+        TypeError: ``num_pages`` is not an int (bools are refused).
+        ValueError: ``num_pages < 1``.
+    """
 
     def __init__(self, num_pages: int):
         self.num_pages = V.check_int("PageAllocator", "num_pages", num_pages, 1)
@@ -34,9 +47,23 @@ class PageAllocator:
 
     @property
     def num_free(self) -> int:
+        """Number of pages not currently allocated."""
         return len(self._free)
 
     def allocate(self, n: int) -> list[int]:
+        """Hands out ``n`` free pages, lowest indices first.
+
+        Args:
+            n: Number of pages, an int >= 0 (0 returns ``[]``).
+
+        Returns:
+            The page indices, a list of ``n`` distinct ints in ``[0, num_pages)``, ascending.
+
+        Raises:
+            TypeError: ``n`` is not an int (bools are refused).
+            ValueError: ``n < 0``.
+            RuntimeError: fewer than ``n`` pages are free; nothing is allocated.
+        """
         V.check_int("PageAllocator.allocate", "n", n, 0)
         if n > len(self._free):
             raise RuntimeError(f"PageAllocator.allocate: {n} pages requested, {len(self._free)} of "
@@ -46,6 +73,17 @@ class PageAllocator:
         return pages
 
     def free(self, pages: Sequence[int]) -> None:
+        """Returns ``pages`` to the pool. All-or-nothing: every index is checked first.
+
+        Args:
+            pages: A sequence (list, tuple, range, ...) of distinct, currently allocated page
+                indices.
+
+        Raises:
+            TypeError: ``pages`` is not a ``collections.abc.Sequence``.
+            ValueError: ``pages`` repeats an index, or contains an index that is not allocated
+                (never allocated, already freed, or out of range).
+        """
         fn = "PageAllocator.free"
         if not isinstance(pages, Sequence):
             V._fail(fn, "pages", "a sequence of page indices", repr(pages), TypeError)
@@ -61,12 +99,46 @@ class PageAllocator:
 
 
 class KVCache:
-    """Per-layer K/V storage for ``batch_size`` sequences of up to ``max_seqlen`` tokens.
+    """Per-layer K/V storage for ``batch_size`` sequences of up to ``max_seqlen`` tokens each.
 
-    ``page_size=None``: contiguous ``(B, max_seqlen, Hkv, D)`` per layer. ``page_size=P`` (any
-    ``P >= 1``): a pool ``(num_pages, P, Hkv, D)`` per layer, ``num_pages`` defaulting to enough
-    for every sequence at ``max_seqlen``; a smaller pool oversubscribes memory and pages are
-    handed out as sequences grow.
+    A thin owner of the tensors and lengths that :func:`attn.flash_attn_with_kvcache` takes:
+    ``k_caches[layer]``/``v_caches[layer]``, the per-layer lengths and, when paged, the shared
+    ``block_table``. Each layer keeps its own lengths (layers append one after another within a
+    step); all sequences of a batch append the same number of tokens per call.
+
+    * ``page_size=None``: a contiguous ``(batch_size, max_seqlen, num_kv_heads, head_dim)``
+      buffer per layer (flash-attn's contiguous cache).
+    * ``page_size=P`` (any ``P >= 1``): a pool ``(num_pages, P, num_kv_heads, head_dim)`` per
+      layer and one int32 ``block_table (batch_size, ceil(max_seqlen / P))`` shared by all layers
+      (vLLM's PagedAttention layout). Pages come from a :class:`PageAllocator` when a sequence
+      grows into them and go back when it is cropped or reset. ``num_pages`` defaults to
+      ``batch_size * ceil(max_seqlen / P)`` (every sequence at ``max_seqlen``); a smaller pool
+      oversubscribes memory, and an append that needs more pages than are free raises
+      ``RuntimeError``.
+
+    Buffers are zero-initialized. Attributes: ``num_layers``, ``batch_size``, ``max_seqlen``,
+    ``page_size``, ``device`` (a ``torch.device``), ``k_caches``, ``v_caches`` (lists of one
+    tensor per layer), ``block_table`` (None when contiguous) and ``allocator`` (None when
+    contiguous).
+
+    Args:
+        num_layers: Number of layers, an int >= 1.
+        batch_size: Number of sequences ``B``, an int >= 1.
+        max_seqlen: Most tokens a sequence can hold, an int >= 1.
+        num_kv_heads: Key/value heads ``Hkv``, an int >= 1.
+        head_dim: Head dim ``D``, an int in ``1..256``.
+        dtype: Keyword-only. torch.float16 (default), torch.bfloat16 or torch.float32.
+        device: Keyword-only. Anything ``torch.device`` accepts. Default "cpu".
+        page_size: Keyword-only. None (default) for a contiguous cache, else tokens per page,
+            an int >= 1.
+        num_pages: Keyword-only. Pool size of a paged cache, an int >= 1 (see above). Must be
+            None for a contiguous cache.
+
+    Raises:
+        TypeError: a size argument is not an int (bools are refused), or ``dtype`` is not one
+            of the three supported.
+        ValueError: a size argument < 1, ``head_dim > 256``, ``page_size`` not None or an
+            int >= 1 (also for a wrong type), or ``num_pages`` given without ``page_size``.
     """
 
     def __init__(self, num_layers: int, batch_size: int, max_seqlen: int, num_kv_heads: int, head_dim: int, *,
@@ -106,18 +178,68 @@ class KVCache:
         self.v_caches = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(num_layers)]
 
     def seqlens(self, layer: int = 0) -> torch.Tensor:
-        """Tokens held per sequence by ``layer``: int32 ``(B,)`` on the cache's device."""
+        """Tokens held per sequence by ``layer``.
+
+        Args:
+            layer: Layer index, an int in ``[0, num_layers)``. Default 0.
+
+        Returns:
+            The cache's own int32 ``(B,)`` length tensor on the cache's device, updated in place
+            by :meth:`attend`, :meth:`append`, :meth:`crop` and :meth:`reset` (``clone()`` it to
+            keep a snapshot). Usable as ``cache_seqlens`` of
+            :func:`attn.flash_attn_with_kvcache`.
+
+        Raises:
+            TypeError: ``layer`` is not an int.
+            ValueError: ``layer`` is out of range.
+        """
         return self._lengths[self._layer("seqlens", layer)]
 
     def lengths(self, layer: int = 0) -> list[int]:
-        """The same as :meth:`seqlens`, as Python ints (no device transfer)."""
+        """The same as :meth:`seqlens`, as a new list of Python ints (no device transfer).
+
+        Raises:
+            TypeError: ``layer`` is not an int.
+            ValueError: ``layer`` is not in ``[0, num_layers)``.
+        """
         return list(self._host_lengths[self._layer("lengths", layer)])
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,
                **kwargs) -> torch.Tensor:
-        """Appends ``k, v (B, L, Hkv, D)`` to ``layer`` and returns the attention of
-        ``q (B, L, H, D)`` over each sequence's tokens (causal by default, bottom-right aligned).
-        Extra keyword arguments go to :func:`attn.flash_attn_with_kvcache`."""
+        """Appends ``k, v`` to ``layer`` and returns the attention of ``q`` over each sequence's
+        tokens (prefill or decode), through :func:`attn.flash_attn_with_kvcache`.
+
+        Pages the append needs are reserved first; if the call then fails, they are released and
+        the lengths are not advanced, so the cache's visible contents are unchanged.
+
+        Args:
+            layer: Layer index, an int in ``[0, num_layers)``.
+            q: ``(B, L, H, D)`` queries (usually the same ``L`` as ``k``), the cache's dtype and
+                device, ``H % Hkv == 0``.
+            k: ``(B, L, Hkv, D)`` new keys, the cache's dtype and device.
+            v: ``(B, L, Hkv, D)`` new values, like ``k``.
+            causal: Keyword-only. Causal mask, bottom-right aligned (flash-attn): new query ``i``
+                sees the cached tokens and new tokens up to its own. Default True.
+            **kwargs: Further keyword arguments of :func:`attn.flash_attn_with_kvcache`
+                (``softmax_scale``, ``window_size``, ``softcap``, ``alibi_slopes``,
+                ``num_splits``, ``return_softmax_lse``, ``backend``, ...). Not
+                ``cache_seqlens`` or ``block_table``, which the cache supplies (``TypeError``).
+
+        Returns:
+            ``out (B, L, H, D)`` in the cache's dtype, or ``(out, lse)`` with
+            ``return_softmax_lse=True`` (``lse`` float32 ``(B, H, L)``, natural log).
+
+        Raises:
+            TypeError: ``layer`` is not an int, ``k`` is not a tensor, or as
+                :func:`attn.flash_attn_with_kvcache` (wrong dtypes, ...).
+            ValueError: ``layer`` out of range; ``k`` not 4-D; a sequence would exceed
+                ``max_seqlen``; or as :func:`attn.flash_attn_with_kvcache` (shapes, devices,
+                option values, unknown backend name).
+            NotImplementedError: as :func:`attn.flash_attn_with_kvcache` (an option the backend
+                cannot honour, inputs that require grad).
+            RuntimeError: a paged cache has too few free pages for the append, or the requested
+                backend is unavailable.
+        """
         layer = self._layer("attend", layer)
         V.check_tensor("KVCache.attend", "k", k, rank=4)
         self._reserve("attend", layer, k.shape[1])
@@ -132,8 +254,22 @@ class KVCache:
         return out
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Appends ``k, v (B, L, Hkv, D)`` to ``layer`` without attending (e.g. cross-attention
-        memory or a prefill computed elsewhere)."""
+        """Appends ``k, v`` to ``layer`` without attending (e.g. cross-attention memory or a
+        prefill computed elsewhere) and advances the layer's lengths by ``L``.
+
+        Args:
+            layer: Layer index, an int in ``[0, num_layers)``.
+            k: ``(B, L, Hkv, D)`` keys with ``B = batch_size``, ``L >= 1`` and ``Hkv``, ``D`` the
+                cache's; the cache's dtype and device; last dim contiguous.
+            v: Values, the same shape, dtype and device as ``k``.
+
+        Raises:
+            TypeError: ``layer`` is not an int; ``k``/``v`` is not a tensor, not
+                float16/bfloat16/float32, not of the cache's dtype, or ``v``'s dtype differs.
+            ValueError: ``layer`` out of range; a wrong shape or device; a sequence would exceed
+                ``max_seqlen``.
+            RuntimeError: a paged cache has too few free pages.
+        """
         fn = "KVCache.append"
         layer = self._layer("append", layer)
         kc = self.k_caches[layer]
@@ -145,12 +281,23 @@ class KVCache:
         if k.dtype != kc.dtype:
             V._fail(fn, "k", f"dtype {kc.dtype} (the cache's)", k.dtype, TypeError)
         self._reserve("append", layer, k.shape[1])
-        _cache_ops.append(kc, self.v_caches[layer], k, v, self._lengths[layer], None, self.block_table)
+        cache_layout.append(kc, self.v_caches[layer], k, v, self._lengths[layer], None, self.block_table)
         self._advance(layer, k.shape[1])
 
     def crop(self, lengths: Union[int, Sequence[int]]) -> None:
-        """Keeps the first ``lengths`` tokens (one int for all sequences, or one per sequence) in
-        every layer; pages no layer needs any more return to the pool."""
+        """Keeps the first ``lengths`` tokens of each sequence in every layer, e.g. to drop the
+        rejected tokens of speculative decoding; pages no layer needs any more return to the
+        pool. A length larger than what a layer holds leaves that layer's sequence as is (crop
+        never grows a sequence). The data past the new lengths is not erased, only ignored.
+
+        Args:
+            lengths: One int >= 0 for all sequences, or a sequence of ``batch_size`` ints >= 0.
+
+        Raises:
+            TypeError: ``lengths`` is neither an int nor a ``collections.abc.Sequence``, or an
+                entry is not an int.
+            ValueError: ``lengths`` has the wrong number of entries, or an entry is negative.
+        """
         fn = "KVCache.crop"
         if isinstance(lengths, int) and not isinstance(lengths, bool):
             lengths = [lengths] * self.batch_size
@@ -165,7 +312,17 @@ class KVCache:
         self._release_unused_pages()
 
     def reset(self, sequences: Optional[Sequence[int]] = None) -> None:
-        """Empties ``sequences`` (all by default) in every layer and frees their pages."""
+        """Empties ``sequences`` in every layer and frees their pages (so a slot can take a new
+        request); the other sequences are untouched.
+
+        Args:
+            sequences: Indices in ``[0, batch_size)`` (a ``collections.abc.Sequence``), or None
+                (default) for all sequences.
+
+        Raises:
+            TypeError: ``sequences`` is not None or a sequence, or an index is not an int.
+            ValueError: an index is out of range.
+        """
         fn = "KVCache.reset"
         if sequences is not None and not isinstance(sequences, Sequence):
             V._fail(fn, "sequences", "None or a sequence of sequence indices", repr(sequences), TypeError)
@@ -178,6 +335,7 @@ class KVCache:
 
     @property
     def num_free_pages(self) -> Optional[int]:
+        """Free pages of the pool of a paged cache; None for a contiguous cache."""
         return None if self.allocator is None else self.allocator.num_free
 
     def _layer(self, fn: str, layer: object) -> int:

@@ -1,0 +1,50 @@
+"""Split-KV decode launcher of the CUDA C++ kernels (body of the ``attn::flash_attn_decode`` op for
+"cuda" and "cuda-sim")."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from attn.core.alloc import empty
+from attn.core.spec import AttentionSpec
+from attn.core.splits import decode_num_splits
+from attn.cuda.extension import DTYPE_CODES, KernelExtension, aligned, int32
+
+
+def attention_decode(ext: KernelExtension, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     seqlens_k: torch.Tensor, cache_batch_idx: Optional[torch.Tensor],
+                     block_table: Optional[torch.Tensor], spec: AttentionSpec, num_splits: int):
+    """fp16/bf16 ``q (B, Sq, H, D)`` against ``seqlens_k (B,)`` keys per sequence of a contiguous
+    ``(B_cache, S_max, Hkv, D)`` or paged ``(num_pages, page_size, Hkv, D)`` cache, 16-byte aligned
+    (checked by the caller) -> ``out (B, Sq, H, D)`` in q's dtype, ``lse (B, H, Sq)`` fp32."""
+    module = ext.module()
+    batch, seqlen_q, n_heads, head_dim = q.shape
+    n_kv_heads = k_cache.shape[2]
+    q = aligned(q)
+    paged = block_table is not None
+    page_size = k_cache.shape[1] if paged else 0
+    capacity = block_table.shape[1] * page_size if paged else k_cache.shape[1]
+    packed_rows = seqlen_q * (n_heads // n_kv_heads)
+    block_m, block_n, _ = module.decode_tile(head_dim, packed_rows)
+    splits = decode_num_splits(num_splits, batch=batch, n_kv_heads=n_kv_heads, packed_rows=packed_rows,
+                               block_m=block_m, block_n=block_n, capacity=capacity, head_dim=head_dim,
+                               elem_bytes=q.element_size(), device=q.device)
+
+    out = empty((batch, seqlen_q, n_heads, head_dim), q.dtype, q.device)
+    lse = empty((batch, n_heads, seqlen_q), torch.float32, q.device)
+    out_part = lse_part = None
+    if splits > 1:
+        out_part = empty((splits, batch, seqlen_q, n_heads, head_dim), torch.float32, q.device)
+        lse_part = empty((splits, batch, n_heads, seqlen_q), torch.float32, q.device)
+    seqlens_k, cache_batch_idx, block_table = (int32(t) for t in (seqlens_k, cache_batch_idx, block_table))
+    tensors = (q, k_cache, v_cache, out, lse, out_part, lse_part, seqlens_k, cache_batch_idx, block_table,
+               spec.alibi_slopes)
+    ptrs = [0 if t is None else t.data_ptr() for t in tensors]
+    strides = [*q.stride()[:3], *k_cache.stride()[:3], *v_cache.stride()[:3], *out.stride()[:3],
+               *lse.stride()[:2], block_table.stride(0) if paged else 0]
+    sizes = [batch, n_heads, n_kv_heads, seqlen_q, head_dim, page_size, splits]
+    left, right = spec.window_bounds(seqlen_q, capacity)
+    args = (ptrs, strides, sizes, DTYPE_CODES[q.dtype], float(spec.softmax_scale), float(spec.softcap), left, right)
+    ext.launch("decode", q, args)
+    return out, lse

@@ -1,0 +1,72 @@
+"""``attn::flash_attn_forward``: the differentiable forward, and its autograd registration.
+
+``attn::flash_attn_forward(q, k, v, <options>, backend) -> (out, lse)`` runs the launcher of
+``backend`` ("triton": the kernels, or "reference": the FlashAttention-2 formulas in PyTorch of
+:mod:`attn.reference.fa2`, which also accepts fp64 for ``gradcheck``).
+``torch.library.register_autograd`` ties it to ``attn::flash_attn_backward``
+(:mod:`attn.ops.backward`), so the op is differentiable in eager mode, under AOTAutograd and under
+``torch.library.opcheck``.
+
+Gradients flow to ``q``, ``k``, ``v`` only (through ``out`` and ``lse``). ``bias`` (the SDPA
+``attn_mask``) and ``alibi_slopes`` are inputs without gradient: a float mask that requires grad
+receives none. The backward is deterministic for every option (no atomics), so
+``AttentionSpec.deterministic`` needs no argument here.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from attn.core.spec import AttentionSpec
+from attn.ops.args import OPTION_NAMES, spec_args, spec_from_args
+from attn.ops.backward import flash_attn_backward
+from attn.ops.launchers import launcher
+from attn.reference.fa2 import compute_dtype
+
+
+@torch.library.custom_op("attn::flash_attn_forward", mutates_args=())
+def flash_attn_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor],
+    alibi_slopes: Optional[torch.Tensor], softmax_scale: float, causal: bool, window_left: int,
+    window_right: int, bottom_right: bool, softcap: float, backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``q (B, Sq, H, D)``, ``k, v (B, Sk, Hkv, D)`` -> ``out (B, Sq, H, D)`` contiguous in q's
+    dtype, ``lse (B, H, Sq)`` natural log, fp32 (fp64 for fp64 inputs)."""
+    run = launcher("flash_attn_forward", backend)
+    return run(q, k, v, spec_from_args(bias, alibi_slopes, softmax_scale, causal, window_left, window_right,
+                                       bottom_right, softcap))
+
+
+@flash_attn_forward.register_fake
+def _flash_attn_forward_fake(q, k, v, bias, alibi_slopes, softmax_scale, causal, window_left, window_right,
+                             bottom_right, softcap, backend):
+    batch, seqlen_q, n_heads, head_dim = q.shape
+    out = q.new_empty((batch, seqlen_q, n_heads, head_dim))
+    lse = q.new_empty((batch, n_heads, seqlen_q), dtype=compute_dtype(q.dtype))
+    return out, lse
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, bias, alibi_slopes, *options = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, bias, alibi_slopes)
+    ctx.options = options
+
+
+def _backward(ctx, dout, dlse):
+    q, k, v, out, lse, bias, alibi_slopes = ctx.saved_tensors
+    if dout is None:
+        dout = torch.zeros_like(out)
+    if dlse is None:
+        dlse = torch.zeros_like(lse)
+    dq, dk, dv = flash_attn_backward(dout, q, k, v, out, lse, dlse, bias, alibi_slopes, *ctx.options)
+    return (dq, dk, dv) + (None,) * (len(OPTION_NAMES) + 1)  # none for the options and backend
+
+
+torch.library.register_autograd("attn::flash_attn_forward", _backward, setup_context=_setup_context)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec, backend: str):
+    """Differentiable ``(out, lse)`` for ``spec`` through the op."""
+    return flash_attn_forward(q, k, v, **spec_args(spec), backend=backend)
