@@ -7,6 +7,7 @@ import time
 from typing import Optional
 
 import torch
+from tqdm import tqdm
 
 from bench import correctness, memory
 from bench import providers as P
@@ -17,31 +18,6 @@ from bench.results import environment, make_row
 from bench.timing import input_sets_needed, median_ms
 
 SEED = 0
-
-
-class Progress:
-    """A one-line progress report on stderr (rewritten in place on a terminal, else every ~10%)."""
-
-    def __init__(self, total: int, enabled: bool = True):
-        self.total, self.done, self.enabled = max(total, 1), 0, enabled
-        self.start = time.perf_counter()
-        self.tty = sys.stderr.isatty()
-        self._last_decile = -1
-
-    def step(self, what: str) -> None:
-        self.done += 1
-        if not self.enabled:
-            return
-        elapsed = time.perf_counter() - self.start
-        line = f"[{self.done}/{self.total} {elapsed:5.0f} s] {what}"
-        if self.tty:
-            sys.stderr.write("\r" + line[:110].ljust(110))
-            if self.done == self.total:
-                sys.stderr.write("\n")
-        elif self.done * 10 // self.total != self._last_decile:
-            self._last_decile = self.done * 10 // self.total
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
 
 
 def _metrics(case: Case, dtype: str, ms: float, peaks: Optional[dict]) -> dict:
@@ -84,7 +60,8 @@ def measure_speed(provider: P.Provider, case: Case, prof: Profile, peaks: Option
         for _ in range(input_sets_needed(device, P.input_bytes(input_sets[0])) - 1):
             input_sets.append(P.make_inputs(provider, case, dtype, device, generator))
         run = lambda inputs: P.call(provider, case, inputs)  # noqa: E731
-        ms, reps = median_ms(run, input_sets, device, prof.warmup, prof.reps, prof.max_case_s, _before(case))
+        grads = [t for inputs in input_sets for t in inputs.values() if t.requires_grad]
+        ms, reps = median_ms(run, input_sets, device, prof.warmup, prof.reps, prof.max_case_s, grads)
         values = _metrics(case, dtype_name, ms, peaks)
         if device == "cuda":
             values["peak_mem_bytes"] = memory.cuda_peak_bytes(run, input_sets[0], _before(case))
@@ -163,24 +140,29 @@ def _run(prof: Profile, opts: Options) -> tuple[dict, list[dict]]:
     speed = speed_cases(prof) if "speed" in opts.sections else []
     mem = memory_cases(prof) if "memory" in opts.sections else []
     do_correctness = prof.correctness and "correctness" in opts.sections
-    progress = Progress((len(speed) + len(mem)) * len(providers) + do_correctness, opts.progress)
+    total = (len(speed) + len(mem)) * len(providers) + do_correctness
+    progress = tqdm(total=total, disable=not opts.progress, unit="case", dynamic_ncols=True)
     rows = []
     seconds = meta["section_seconds"] = {}
     sweeps = (("speed", speed, lambda provider, case: measure_speed(provider, case, prof, peaks)),
               ("memory", mem, lambda provider, case: measure_memory(provider, case, prof)))
-    for section, cases, measure in sweeps:
-        section_start = time.perf_counter()
-        for case in cases:
-            for provider in providers:
-                rows.append(measure(provider, case))
-                progress.step(f"{section} {case.label} {provider.name}: {rows[-1]['status']}")
-        seconds[section] = round(time.perf_counter() - section_start, 1)
-    memory.stop_server()
-    if do_correctness:
-        section_start = time.perf_counter()
-        found, meta["correctness_dtype"] = correctness.run(prof.dtype)
-        rows.extend(found)
-        progress.step("executed emulated backends on CPU for correctness")
-        seconds["correctness"] = round(time.perf_counter() - section_start, 1)
+    with progress:
+        for section, cases, measure in sweeps:
+            section_start = time.perf_counter()
+            for case in cases:
+                for provider in providers:
+                    rows.append(measure(provider, case))
+                    progress.set_description_str(f"{section} {case.label} {provider.name}: {rows[-1]['status']}",
+                                                 refresh=False)
+                    progress.update()
+            seconds[section] = round(time.perf_counter() - section_start, 1)
+        memory.stop_server()
+        if do_correctness:
+            section_start = time.perf_counter()
+            progress.set_description_str("executing emulated backends on CPU for correctness")
+            found, meta["correctness_dtype"] = correctness.run(prof.dtype)
+            rows.extend(found)
+            progress.update()
+            seconds["correctness"] = round(time.perf_counter() - section_start, 1)
     meta["duration_s"] = round(time.perf_counter() - started, 1)
     return meta, rows

@@ -115,6 +115,18 @@ def test_timing_repeats_fast_calls_and_caps_slow_ones():
     assert reps == timing.MIN_REPS and ms >= 20.0
 
 
+def test_timing_clears_gradients_before_every_call():
+    x = torch.ones(3, requires_grad=True)
+    seen = []
+
+    def run(inputs):
+        seen.append(x.grad)
+        (x * 2).sum().backward()
+
+    timing.median_ms(run, [{}], "cpu", warmup=1, reps=4, max_seconds=10.0, grad_to_none=[x])
+    assert seen == [None] * 5  # no call accumulates into the previous call's gradient
+
+
 # ---- correctness section ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("case", [c for c in correctness.CASES if c.op != "decode"], ids=lambda c: c.label)
