@@ -1,4 +1,4 @@
-"""Backends "cuda" and "cuda-sim": the CUDA C++ forward and decode kernels of ``csrc/attention``.
+"""Backends "cuda" and "cuda-sim": the CUDA C++ forward and decode kernels of ``csrc/cuda``.
 
 * "cuda" runs CUDA tensors through ``attn._cuda`` (built by nvcc) on the current stream.
 * "cuda-sim" runs CPU tensors through ``attn._cuda_sim``: the same kernel source compiled by g++

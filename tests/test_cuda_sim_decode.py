@@ -1,4 +1,4 @@
-"""Decode parity of the CUDA C++ split-KV kernels (csrc/attention/decode_kernel.cuh), executed on
+"""Decode parity of the CUDA C++ split-KV kernels (csrc/cuda/decode_kernel.cuh), executed on
 CPU by the SIMT emulator ("cuda-sim"), against the oracle (3x rule) and against the Triton kernel.
 
 Every case runs under one of the emulator's schedule x cp.async landing pairs, so a missing

@@ -66,7 +66,7 @@ BINDING = """
 #include <pybind11/stl.h>
 #include "decode_kernel.cuh"
 #include "fwd_kernel.cuh"
-#include "py_params.h"
+#include "../bindings/params.h"
 PYBIND11_MODULE(MUTANT_NAME, m) {
   m.def("configure", [](int schedule, bool land_at_wait) {
     simt::options().schedule = static_cast<simt::Schedule>(schedule);
@@ -100,19 +100,19 @@ def _build(name: str, out_dir: Path):
     target_file, edits = MUTANTS[name]
     tree = out_dir / name / "csrc"
     shutil.copytree(ROOT / "csrc", tree)
-    kernel = tree / "attention" / target_file
+    kernel = tree / "cuda" / target_file
     text = kernel.read_text()
     for old, new in edits:
         assert text.count(old) == 1, f"{name}: the kernel no longer contains the code this mutant removes"
         text = text.replace(old, new)
     kernel.write_text(text)
     module = f"_mutant_{name}"
-    (tree / "attention" / "mutant.cpp").write_text(BINDING.replace("MUTANT_NAME", module))
+    (tree / "cuda" / "mutant.cpp").write_text(BINDING.replace("MUTANT_NAME", module))
     target = out_dir / name / (module + importlib.machinery.EXTENSION_SUFFIXES[0])
     subprocess.run(
         ["g++", "-O1", "-std=c++17", "-shared", "-fPIC", "-fvisibility=hidden", "-fno-strict-aliasing",
          f"-I{sysconfig.get_paths()['include']}", f"-I{pybind11.get_include()}", f"-I{_cuda_include()}",
-         str(tree / "attention" / "mutant.cpp"), str(tree / "simt" / "emulator.cpp"), str(tree / "simt" / "fiber.cpp"),
+         str(tree / "cuda" / "mutant.cpp"), str(tree / "simt" / "emulator.cpp"), str(tree / "simt" / "fiber.cpp"),
          "-o", str(target), "-lpthread"],
         check=True,
     )
@@ -201,6 +201,6 @@ def test_some_emulation_exposes_each_removed_decode_synchronization(mutants, nam
 
 def test_mutants_target_code_that_exists():
     for name, (target_file, edits) in MUTANTS.items():
-        text = (ROOT / "csrc" / "attention" / target_file).read_text()
+        text = (ROOT / "csrc" / "cuda" / target_file).read_text()
         for old, _ in edits:
             assert text.count(old) == 1, name

@@ -1,4 +1,4 @@
-// py_params.h — FwdParams and DecodeParams from the plain Python values both bindings receive.
+// params.h — FwdParams and DecodeParams from the plain Python values both bindings receive.
 //
 // Python (attn/_cuda_backend.py) validates the tensors and passes data pointers, strides and
 // sizes as integers, so no binding ever sees a torch type.
@@ -13,7 +13,7 @@
 #include <stdexcept>
 #include <vector>
 
-#include "params.h"
+#include "../cuda/params.h"
 
 namespace attn {
 

@@ -1,10 +1,10 @@
-// bindings.cpp — attn._cuda: the forward and decode kernels on a CUDA stream.
+// cuda.cpp — attn._cuda: the forward and decode kernels on a CUDA stream.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 
+#include "../cuda/params.h"
 #include "params.h"
-#include "py_params.h"
 
 namespace py = pybind11;
 

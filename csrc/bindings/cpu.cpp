@@ -3,8 +3,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include "kernels.h"
-#include "params.h"
+#include "../cpu/kernels.h"
+#include "../cpu/params.h"
 
 namespace py = pybind11;
 using attn_cpu::DecodeParams;

@@ -1,4 +1,4 @@
-// sim_bindings.cpp — attn._cuda_sim: the CUDA forward and decode kernels run by the SIMT emulator on CPU
+// cuda_sim.cpp — attn._cuda_sim: the CUDA forward and decode kernels run by the SIMT emulator on CPU
 // memory, with the emulator's schedule and cp.async options per call.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -7,8 +7,8 @@
 
 #include "../simt/selftest.h"
 #include "../simt/simt.h"
+#include "../cuda/params.h"
 #include "params.h"
-#include "py_params.h"
 
 namespace py = pybind11;
 
