@@ -20,14 +20,9 @@ import torch
 
 from attn import _cpu, _decode_ops, _kernel_ops, reference
 from attn._alloc import empty
+from attn._kernel_params import decode_params, forward_params, set_tensor
 from attn._spec import AttentionSpec
 from attn._torch_backend import TORCH
-
-_DTYPES = {
-    torch.float32: _cpu.DType.float32,
-    torch.float16: _cpu.DType.float16,
-    torch.bfloat16: _cpu.DType.bfloat16,
-}
 
 
 def supported_isas() -> list[str]:
@@ -50,30 +45,13 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: A
     """``q (B, Sq, H, D)``, ``k, v (B, Sk, Hkv, D)`` (any strides, last dim contiguous)
     -> ``out (B, Sq, H, D)`` contiguous in q's dtype, ``lse (B, H, Sq)`` fp32."""
     batch, seqlen_q, n_heads, head_dim = q.shape
-    seqlen_k, n_kv_heads = k.shape[1], k.shape[2]
     out = empty((batch, seqlen_q, n_heads, head_dim), q.dtype, q.device)
     lse = empty((batch, n_heads, seqlen_q), torch.float32, q.device)
-    p = _cpu.FwdParams()
-    p.q, p.k, p.v, p.out, p.lse = q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr()
-    p.dtype = _DTYPES[q.dtype]
-    p.batch, p.seqlen_q, p.seqlen_k = batch, seqlen_q, seqlen_k
-    p.n_heads, p.n_kv_heads, p.head_dim = n_heads, n_kv_heads, head_dim
-    p.q_batch_stride, p.q_row_stride, p.q_head_stride = q.stride()[:3]
-    p.k_batch_stride, p.k_row_stride, p.k_head_stride = k.stride()[:3]
-    p.v_batch_stride, p.v_row_stride, p.v_head_stride = v.stride()[:3]
-    p.out_batch_stride, p.out_row_stride, p.out_head_stride = out.stride()[:3]
-    p.lse_batch_stride, p.lse_head_stride = lse.stride()[:2]
+    p = forward_params(_cpu, q, k, v, out, lse, spec)
     bias = spec.bias
     if bias is not None:
         bias = bias if bias.dtype == torch.float32 else bias.float()
-        p.bias = bias.data_ptr()
-        p.bias_batch_stride, p.bias_head_stride, p.bias_row_stride, p.bias_col_stride = bias.stride()
-    if spec.alibi_slopes is not None:
-        p.alibi_slopes = spec.alibi_slopes.data_ptr()
-    p.softmax_scale = spec.softmax_scale
-    p.softcap = spec.softcap
-    p.diag_offset = spec.diagonal_offset(seqlen_q, seqlen_k)
-    p.window_left, p.window_right = spec.window_left, spec.window_right
+        set_tensor(p, "bias", bias, ("batch", "head", "row", "col"))
     p.num_threads = torch.get_num_threads()
     _cpu.forward(p, _isa(isa))
     return out, lse
@@ -92,33 +70,14 @@ def decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seqlen
     Scratch memory per thread grows with ``Sq * H * D``: meant for decoding a few tokens.
     """
     batch, seqlen_q, n_heads, head_dim = q.shape
-    n_kv_heads = k_cache.shape[2]
     out = empty((batch, seqlen_q, n_heads, head_dim), q.dtype, q.device)
     lse = empty((batch, n_heads, seqlen_q), torch.float32, q.device)
     seqlens_k = seqlens_k.to(torch.int32).contiguous()
-    p = _cpu.DecodeParams()
-    p.q, p.k_cache, p.v_cache = q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr()
-    p.out, p.lse, p.cache_seqlens = out.data_ptr(), lse.data_ptr(), seqlens_k.data_ptr()
     if block_table is not None:
         block_table = block_table.to(torch.int32)
-        p.block_table = block_table.data_ptr()
-        p.block_table_batch_stride = block_table.stride(0)
-        p.page_size = k_cache.shape[1]
     if cache_batch_idx is not None:
         cache_batch_idx = cache_batch_idx.to(torch.int32).contiguous()
-        p.cache_batch_idx = cache_batch_idx.data_ptr()
-    if spec.alibi_slopes is not None:
-        p.alibi_slopes = spec.alibi_slopes.data_ptr()
-    p.dtype = _DTYPES[q.dtype]
-    p.batch, p.seqlen_q, p.n_heads, p.n_kv_heads, p.head_dim = batch, seqlen_q, n_heads, n_kv_heads, head_dim
-    p.q_batch_stride, p.q_row_stride, p.q_head_stride = q.stride()[:3]
-    p.k_batch_stride, p.k_row_stride, p.k_head_stride = k_cache.stride()[:3]
-    p.v_batch_stride, p.v_row_stride, p.v_head_stride = v_cache.stride()[:3]
-    p.out_batch_stride, p.out_row_stride, p.out_head_stride = out.stride()[:3]
-    p.lse_batch_stride, p.lse_head_stride = lse.stride()[:2]
-    p.softmax_scale = spec.softmax_scale
-    p.softcap = spec.softcap
-    p.window_left, p.window_right = spec.window_left, spec.window_right
+    p = decode_params(_cpu, q, k_cache, v_cache, out, lse, seqlens_k, cache_batch_idx, block_table, spec)
     p.num_splits = num_splits
     p.num_threads = torch.get_num_threads()
     _cpu.decode(p, _isa(isa))

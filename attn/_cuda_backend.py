@@ -26,10 +26,11 @@ import torch.nn.functional as F
 
 from attn import _backends, _decode_ops, _kernel_ops
 from attn._alloc import empty
+from attn._kernel_params import decode_params, forward_params, set_tensor
 from attn._spec import AttentionSpec
 from attn._splits import decode_num_splits
 
-_DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1}
+_DTYPES = (torch.float16, torch.bfloat16)
 KERNEL_BACKEND_NAMES = ("cuda", "cuda-sim")  # this module's backends, both running the same kernels
 _ALIGN_BYTES = 16  # cp.async moves 16-byte chunks
 
@@ -84,8 +85,8 @@ class _KernelBackend:
             return f"runs on {sorted(self.devices)[0]} tensors only"
         return None
 
-    def _launch(self, kernel, q: torch.Tensor, args: tuple) -> None:
-        """Runs ``kernel`` (an extension entry point) on ``args`` for tensors on q's device."""
+    def _launch(self, kernel, q: torch.Tensor, params) -> None:
+        """Runs ``kernel`` (an extension entry point) on ``params`` for tensors on q's device."""
         raise NotImplementedError
 
     def _refuse(self, op: str, why: str):
@@ -94,7 +95,7 @@ class _KernelBackend:
         raise NotImplementedError(f"backend '{self.name}': {why}; backends that support it: {others}")
 
     def _check_dtype(self, op: str, dtype: torch.dtype) -> None:
-        if dtype not in _DTYPE_CODES:
+        if dtype not in _DTYPES:
             self._refuse(op, f"option dtype={dtype} is not supported (its kernels take float16 and bfloat16)")
 
     def _kernel_head_dim(self, head_dim: int) -> int:
@@ -119,20 +120,13 @@ class _KernelBackend:
         """Launches the forward kernel (the body of the ``attn::kernel_forward`` op)."""
         ext = self._ext()
         batch, seqlen_q, n_heads, head_dim = q.shape
-        seqlen_k, n_kv_heads = k.shape[1], k.shape[2]
         kernel_dim = self._kernel_head_dim(head_dim)
         if kernel_dim != head_dim:  # zero columns change no score and give output columns to drop
             q, k, v = (F.pad(t, (0, kernel_dim - head_dim)) for t in (q, k, v))
         q, k, v = (_aligned(t) for t in (q, k, v))
         out = empty((batch, seqlen_q, n_heads, kernel_dim), q.dtype, q.device)
         lse = empty((batch, n_heads, seqlen_q), torch.float32, q.device)
-        ptrs = [t.data_ptr() for t in (q, k, v, out, lse)]
-        ptrs.append(0 if spec.alibi_slopes is None else spec.alibi_slopes.data_ptr())
-        strides = [*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *lse.stride()[:2]]
-        sizes = [batch, n_heads, n_kv_heads, seqlen_q, seqlen_k, kernel_dim]
-        args = (ptrs, strides, sizes, _DTYPE_CODES[q.dtype], float(spec.softmax_scale), float(spec.softcap),
-                spec.diagonal_offset(seqlen_q, seqlen_k), *spec.window_bounds(seqlen_q, seqlen_k))
-        self._launch(ext.forward, q, args)
+        self._launch(ext.forward, q, forward_params(ext, q, k, v, out, lse, spec))
         if kernel_dim != head_dim:
             out = out[..., :head_dim].contiguous()
         return out, lse
@@ -181,16 +175,11 @@ class _KernelBackend:
             out_part = empty((splits, batch, seqlen_q, n_heads, head_dim), torch.float32, q.device)
             lse_part = empty((splits, batch, n_heads, seqlen_q), torch.float32, q.device)
         seqlens_k, cache_batch_idx, block_table = (_int32(t) for t in (seqlens_k, cache_batch_idx, block_table))
-        tensors = (q, k_cache, v_cache, out, lse, out_part, lse_part, seqlens_k, cache_batch_idx, block_table,
-                   spec.alibi_slopes)
-        ptrs = [0 if t is None else t.data_ptr() for t in tensors]
-        strides = [*q.stride()[:3], *k_cache.stride()[:3], *v_cache.stride()[:3], *out.stride()[:3],
-                   *lse.stride()[:2], block_table.stride(0) if paged else 0]
-        sizes = [batch, n_heads, n_kv_heads, seqlen_q, head_dim, page_size, splits]
-        left, right = spec.window_bounds(seqlen_q, capacity)
-        args = (ptrs, strides, sizes, _DTYPE_CODES[q.dtype], float(spec.softmax_scale), float(spec.softcap),
-                left, right)
-        self._launch(ext.decode, q, args)
+        params = decode_params(ext, q, k_cache, v_cache, out, lse, seqlens_k, cache_batch_idx, block_table, spec)
+        set_tensor(params, "out_partial", out_part)
+        set_tensor(params, "lse_partial", lse_part)
+        params.num_splits = splits
+        self._launch(ext.decode, q, params)
         return out, lse
 
 
@@ -203,14 +192,14 @@ class CudaBackend(_KernelBackend):
             return "needs compute capability 8.0 or newer (mma.sync bf16, cp.async)"
         return why
 
-    def _launch(self, kernel, q, args):
+    def _launch(self, kernel, q, params):
         with torch.cuda.device(q.device):
-            kernel(*args, torch.cuda.current_stream(q.device).cuda_stream)
+            kernel(params, torch.cuda.current_stream(q.device).cuda_stream)
 
 
 class CudaSimBackend(_KernelBackend):
-    def _launch(self, kernel, q, args):
-        kernel(*args)
+    def _launch(self, kernel, q, params):
+        kernel(params)
 
 
 CUDA = CudaBackend("cuda", "attn._cuda", "cuda")

@@ -1,125 +1,92 @@
-// params.h — FwdParams and DecodeParams from the plain Python values both bindings receive.
+// params.h — the one binding style of the three modules (_cuda, _cuda_sim, _cpu): each params
+// struct is a Python class with one read/write attribute per field, named as the C++ field, and
+// DType is an enum with torch's names.
 //
-// Python (attn/_cuda_backend.py) validates the tensors and passes data pointers, strides and
-// sizes as integers, so no binding ever sees a torch type.
+// attn/_cuda_backend.py and attn/_cpu_backend.py check the tensors; attn/_kernel_params.py sets
+// the fields: data pointers as integers (tensor.data_ptr(), 0 = absent), sizes and element
+// strides, so no binding ever sees a torch type.
 #pragma once
 
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <array>
 #include <cstdint>
 #include <iterator>
-#include <stdexcept>
 #include <vector>
 
+#include "../common/dtype.h"
 #include "../cuda/params.h"
+
+// Binds Struct::name as the read/write attribute `name`.
+#define ATTN_FIELD(Struct, name) .def_readwrite(#name, &Struct::name)
+
+// Binds the typed pointer Struct::name as the read/write integer attribute `name`.
+#define ATTN_POINTER(Struct, name)                                                           \
+  .def_property(                                                                             \
+      #name, [](const Struct& s) { return reinterpret_cast<uintptr_t>(s.name); },            \
+      [](Struct& s, uintptr_t address) { s.name = reinterpret_cast<decltype(s.name)>(address); })
 
 namespace attn {
 
-template <size_t N>
-void set_strides(int64_t* const (&fields)[N], const std::array<int64_t, N>& strides) {
-  for (size_t i = 0; i < N; ++i) *fields[i] = strides[i];
+// The fields every params struct (CPU and CUDA, forward and decode) has: q, k, v, out (batch,
+// row, head) and lse (batch, head) element strides, q's sizes, the kv head count, dtype, and the
+// score and window options.
+template <typename Class>
+Class& bind_common_fields(Class& cls) {
+  using S = typename Class::type;
+  return cls ATTN_FIELD(S, q_batch_stride) ATTN_FIELD(S, q_row_stride) ATTN_FIELD(S, q_head_stride)
+      ATTN_FIELD(S, k_batch_stride) ATTN_FIELD(S, k_row_stride) ATTN_FIELD(S, k_head_stride)
+      ATTN_FIELD(S, v_batch_stride) ATTN_FIELD(S, v_row_stride) ATTN_FIELD(S, v_head_stride)
+      ATTN_FIELD(S, out_batch_stride) ATTN_FIELD(S, out_row_stride) ATTN_FIELD(S, out_head_stride)
+      ATTN_FIELD(S, lse_batch_stride) ATTN_FIELD(S, lse_head_stride)
+      ATTN_FIELD(S, batch) ATTN_FIELD(S, seqlen_q) ATTN_FIELD(S, n_heads) ATTN_FIELD(S, n_kv_heads)
+      ATTN_FIELD(S, head_dim) ATTN_FIELD(S, dtype) ATTN_FIELD(S, softmax_scale) ATTN_FIELD(S, softcap)
+      ATTN_FIELD(S, window_left) ATTN_FIELD(S, window_right);
 }
 
-inline void check_window(int window_left, int window_right) {
-  if (window_left < 0 || window_right < 0) {
-    throw std::invalid_argument("attn kernels: window widths must be >= 0 (pass a large width for unbounded)");
-  }
+// DType.float16 / bfloat16 / float32; module-local, as each of the three modules defines its own.
+inline void bind_dtype(pybind11::module_& m) {
+  pybind11::enum_<DType>(m, "DType", pybind11::module_local())
+      .value("float16", DType::kFloat16)
+      .value("bfloat16", DType::kBFloat16)
+      .value("float32", DType::kFloat32);
 }
 
-inline DType dtype_from_code(int dtype) {
-  if (dtype != static_cast<int>(DType::kF16) && dtype != static_cast<int>(DType::kBF16)) {
-    throw std::invalid_argument("attn kernels: dtype code must be 0 (float16) or 1 (bfloat16)");
-  }
-  return static_cast<DType>(dtype);
+// DType, FwdParams and DecodeParams of the CUDA kernels (cuda/params.h).
+inline void bind_cuda_params(pybind11::module_& m) {
+  namespace py = pybind11;
+  bind_dtype(m);
+  py::class_<FwdParams> fwd(m, "FwdParams", py::module_local());
+  bind_common_fields(fwd)
+      .def(py::init<>())
+      ATTN_POINTER(FwdParams, q) ATTN_POINTER(FwdParams, k) ATTN_POINTER(FwdParams, v) ATTN_POINTER(FwdParams, out)
+      ATTN_POINTER(FwdParams, lse) ATTN_POINTER(FwdParams, alibi_slopes)
+      ATTN_FIELD(FwdParams, seqlen_k) ATTN_FIELD(FwdParams, diagonal_offset);
+
+  py::class_<DecodeParams> decode(m, "DecodeParams", py::module_local());
+  bind_common_fields(decode)
+      .def(py::init<>())
+      ATTN_POINTER(DecodeParams, q) ATTN_POINTER(DecodeParams, k_cache) ATTN_POINTER(DecodeParams, v_cache)
+      ATTN_POINTER(DecodeParams, out) ATTN_POINTER(DecodeParams, lse) ATTN_POINTER(DecodeParams, out_partial)
+      ATTN_POINTER(DecodeParams, lse_partial) ATTN_POINTER(DecodeParams, seqlens_k)
+      ATTN_POINTER(DecodeParams, cache_batch_idx) ATTN_POINTER(DecodeParams, block_table)
+      ATTN_POINTER(DecodeParams, alibi_slopes)
+      ATTN_FIELD(DecodeParams, block_table_batch_stride) ATTN_FIELD(DecodeParams, page_size)
+      ATTN_FIELD(DecodeParams, num_splits);
 }
 
-// pointers: q, k, v, out, lse, alibi_slopes (0 = absent); strides: (q, k, v, out) x (batch, row,
-// head), then lse (batch, head); sizes: batch, n_heads, n_kv_heads, seqlen_q, seqlen_k, head_dim.
-inline FwdParams make_fwd_params(const std::array<uintptr_t, 6>& ptrs, const std::array<int64_t, 14>& strides,
-                                 const std::array<int, 6>& sizes, int dtype, float softmax_scale, float softcap,
-                                 int diagonal_offset, int window_left, int window_right) {
-  FwdParams p{};
-  p.q = reinterpret_cast<const void*>(ptrs[0]);
-  p.k = reinterpret_cast<const void*>(ptrs[1]);
-  p.v = reinterpret_cast<const void*>(ptrs[2]);
-  p.out = reinterpret_cast<void*>(ptrs[3]);
-  p.lse = reinterpret_cast<float*>(ptrs[4]);
-  p.alibi_slopes = reinterpret_cast<const float*>(ptrs[5]);
-  set_strides({&p.q_batch_stride, &p.q_row_stride, &p.q_head_stride, &p.k_batch_stride, &p.k_row_stride,
-               &p.k_head_stride, &p.v_batch_stride, &p.v_row_stride, &p.v_head_stride, &p.out_batch_stride,
-               &p.out_row_stride, &p.out_head_stride, &p.lse_batch_stride, &p.lse_head_stride},
-              strides);
-  p.batch = sizes[0];
-  p.n_heads = sizes[1];
-  p.n_kv_heads = sizes[2];
-  p.seqlen_q = sizes[3];
-  p.seqlen_k = sizes[4];
-  p.head_dim = sizes[5];
-  check_window(window_left, window_right);
-  p.dtype = dtype_from_code(dtype);
-  p.softmax_scale = softmax_scale;
-  p.softcap = softcap;
-  p.diagonal_offset = diagonal_offset;
-  p.window_left = window_left;
-  p.window_right = window_right;
-  return p;
-}
-
-// pointers: q, k_cache, v_cache, out, lse, out_partial, lse_partial, seqlens_k, cache_batch_idx,
-// block_table, alibi_slopes (0 = absent); strides: (q, k_cache, v_cache, out) x (batch, row, head),
-// lse (batch, head), block_table batch; sizes: batch, n_heads, n_kv_heads, seqlen_q, head_dim,
-// page_size, num_splits.
-inline DecodeParams make_decode_params(const std::array<uintptr_t, 11>& ptrs, const std::array<int64_t, 15>& strides,
-                                       const std::array<int, 7>& sizes, int dtype, float softmax_scale, float softcap,
-                                       int window_left, int window_right) {
-  DecodeParams p{};
-  p.q = reinterpret_cast<const void*>(ptrs[0]);
-  p.k_cache = reinterpret_cast<const void*>(ptrs[1]);
-  p.v_cache = reinterpret_cast<const void*>(ptrs[2]);
-  p.out = reinterpret_cast<void*>(ptrs[3]);
-  p.lse = reinterpret_cast<float*>(ptrs[4]);
-  p.out_partial = reinterpret_cast<float*>(ptrs[5]);
-  p.lse_partial = reinterpret_cast<float*>(ptrs[6]);
-  p.seqlens_k = reinterpret_cast<const int32_t*>(ptrs[7]);
-  p.cache_batch_idx = reinterpret_cast<const int32_t*>(ptrs[8]);
-  p.block_table = reinterpret_cast<const int32_t*>(ptrs[9]);
-  p.alibi_slopes = reinterpret_cast<const float*>(ptrs[10]);
-  set_strides({&p.q_batch_stride, &p.q_row_stride, &p.q_head_stride, &p.k_batch_stride, &p.k_row_stride,
-               &p.k_head_stride, &p.v_batch_stride, &p.v_row_stride, &p.v_head_stride, &p.out_batch_stride,
-               &p.out_row_stride, &p.out_head_stride, &p.lse_batch_stride, &p.lse_head_stride,
-               &p.block_table_batch_stride},
-              strides);
-  p.batch = sizes[0];
-  p.n_heads = sizes[1];
-  p.n_kv_heads = sizes[2];
-  p.seqlen_q = sizes[3];
-  p.head_dim = sizes[4];
-  p.page_size = sizes[5];
-  p.num_splits = sizes[6];
-  if (p.num_splits < 1 || (p.num_splits > 1 && (p.out_partial == nullptr || p.lse_partial == nullptr))) {
-    throw std::invalid_argument("attn decode: num_splits must be >= 1, with partial buffers when > 1");
-  }
-  if (p.block_table != nullptr && p.page_size < 1) throw std::invalid_argument("attn decode: page_size must be >= 1");
-  check_window(window_left, window_right);
-  p.dtype = dtype_from_code(dtype);
-  p.softmax_scale = softmax_scale;
-  p.softcap = softcap;
-  p.window_left = window_left;
-  p.window_right = window_right;
-  return p;
-}
-
-// The decode kernels' packed-row tile, for the Python side's split heuristic.
-inline pybind11::tuple decode_tile(int head_dim, int packed_rows) {
-  const DecodeTileShape s = decode_tile_shape(head_dim, packed_rows);
-  return pybind11::make_tuple(s.block_m, s.block_n, s.mma);
-}
-
-template <typename T>
-pybind11::tuple as_tuple(const T& values) {
-  return pybind11::tuple(pybind11::cast(std::vector<int>(std::begin(values), std::end(values))));
+// The compiled kernels' shapes: `head_dims` and `decode_tile`.
+inline void bind_cuda_shapes(pybind11::module_& m) {
+  namespace py = pybind11;
+  m.attr("head_dims") = py::tuple(py::cast(std::vector<int>(std::begin(kHeadDims), std::end(kHeadDims))));
+  m.def(
+      "decode_tile",
+      [](int head_dim, int packed_rows) {
+        const DecodeTileShape s = decode_tile_shape(head_dim, packed_rows);
+        return py::make_tuple(s.block_m, s.block_n, s.mma);
+      },
+      py::arg("head_dim"), py::arg("packed_rows"),
+      "(block_m, block_n, uses_mma) of the decode kernel for this many packed query rows");
 }
 
 }  // namespace attn
