@@ -29,11 +29,17 @@ from setuptools.command.build_ext import build_ext
 
 # One file per head dim (and kernel family), so that they compile in parallel.
 _KERNEL_SOURCES = [
-    "csrc/attention/fwd_launch.cu", *sorted(str(p) for p in Path("csrc/attention").glob("fwd_hdim*.cu")),
-    "csrc/attention/decode_launch.cu", *sorted(str(p) for p in Path("csrc/attention").glob("decode_hdim*.cu")),
+    "csrc/cuda/fwd_launch.cu", *sorted(str(p) for p in Path("csrc/cuda").glob("fwd_hdim*.cu")),
+    "csrc/cuda/decode_launch.cu", *sorted(str(p) for p in Path("csrc/cuda").glob("decode_hdim*.cu")),
 ]
+# The pybind11 module of each extension.
+BINDINGS = {
+    "attn.cuda._cuda": "csrc/bindings/cuda.cpp",
+    "attn.cuda._cuda_sim": "csrc/bindings/cuda_sim.cpp",
+    "attn.cpu._cpu": "csrc/bindings/cpu.cpp",
+}
 # -O2: emulated kernels run on the host, so optimization is test speed; -fno-strict-aliasing:
-# kernels reinterpret 16-bit element arrays as 32-bit registers (DESIGN.md §5).
+# kernels reinterpret 16-bit element arrays as 32-bit registers (docs/design.md §5).
 HOST_FLAGS = ["-O2", "-std=c++17", "-fPIC", "-fvisibility=hidden", "-fno-strict-aliasing", "-Wall"]
 
 
@@ -101,7 +107,7 @@ def cuda_sim_extension() -> Extension | None:
     _say(f"attn.cuda._cuda_sim: {cxx}, CUDA headers from {headers}")
     sources = [
         "csrc/simt/emulator.cpp", "csrc/simt/fiber.cpp", "csrc/simt/selftest.cpp",
-        "csrc/attention/sim_bindings.cpp", *_KERNEL_SOURCES,
+        BINDINGS["attn.cuda._cuda_sim"], *_KERNEL_SOURCES,
     ]
 
     def compile_cmd(source: str) -> list[str]:
@@ -126,7 +132,7 @@ def cuda_extension() -> Extension | None:
     _say(f"attn.cuda._cuda: {nvcc} for sm_{', sm_'.join(archs)}")
     gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
     gencode.append(f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}")  # PTX for newer GPUs
-    sources = ["csrc/attention/bindings.cpp", *_KERNEL_SOURCES]
+    sources = [BINDINGS["attn.cuda._cuda"], *_KERNEL_SOURCES]
 
     def compile_cmd(source: str) -> list[str]:
         if source.endswith(".cu"):
@@ -157,7 +163,7 @@ def cpu_extension() -> Extension | None:
         _say("skipping attn.cpu._cpu: no g++ (set CXX)")
         return None
     openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
-    sources = sorted(str(p) for p in Path("csrc/cpu").glob("*.cpp"))
+    sources = [BINDINGS["attn.cpu._cpu"], *sorted(str(p) for p in Path("csrc/cpu").glob("*.cpp"))]
 
     def compile_cmd(source: str) -> list[str]:
         return [cxx, *HOST_FLAGS, "-O3", "-ffp-contract=fast", *openmp, *_python_includes(), "-c", source]

@@ -1,4 +1,4 @@
-"""The CUDA kernels compile for real GPUs: every instantiation (csrc/attention/fwd_hdim*.cu and
+"""The CUDA kernels compile for real GPUs: every instantiation (csrc/cuda/fwd_hdim*.cu and
 decode_hdim*.cu) is built by nvcc for sm_80 and sm_90 with ``-Xptxas -v``, which must report no
 spills and no stack frame, and the SASS must use tensor-core mma (HMMA), ldmatrix and cp.async.
 Runs without a GPU; needs nvcc."""
@@ -14,8 +14,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 ARCHS = (80, 90)
 DTYPES = ("__half", "__nv_bfloat16")
-SOURCES = sorted((ROOT / "csrc" / "attention").glob("fwd_hdim*.cu")) + sorted(
-    (ROOT / "csrc" / "attention").glob("decode_hdim*.cu"))
+SOURCES = sorted((ROOT / "csrc" / "cuda").glob("fwd_hdim*.cu")) + sorted(
+    (ROOT / "csrc" / "cuda").glob("decode_hdim*.cu"))
 # Kernels per dtype and arch in each kind of instantiation file, with their instantiation counts
 # (the forward and the decode mma kernel have one without and one with softcap/ALiBi).
 KERNELS = {"fwd": {"fwd_kernel": 2},

@@ -1,4 +1,4 @@
-"""Decode parity of the CUDA C++ split-KV kernels (csrc/attention/decode_kernel.cuh), executed on
+"""Decode parity of the CUDA C++ split-KV kernels (csrc/cuda/decode_kernel.cuh), executed on
 CPU by the SIMT emulator ("cuda-sim"), against the oracle (3x rule) and against the Triton kernel.
 
 Every case runs under one of the emulator's schedule x cp.async landing pairs, so a missing
@@ -16,6 +16,8 @@ from _decode_cases import check_decode, make_case
 
 import attn
 from attn import reference
+from attn.core.kernel_params import decode_params
+from attn.core.spec import AttentionSpec
 from attn.cuda.emulator import CP_ASYNC_MODES, SCHEDULES, emulator
 from attn.testing import assert_parity, pairwise, parity, product
 
@@ -216,7 +218,7 @@ def test_compiles_without_graph_breaks():
 
 def test_internal_entry_points_refuse_bad_arguments():
     """The ops refuse a backend without that kernel; the extension refuses parameters the Python
-    side never sends (a negative window, splits without partial buffers) instead of launching."""
+    side never sends (splits without partial buffers, float32) instead of launching."""
     from attn.ops.decode import flash_attn_decode
     from attn.ops.kernel_forward import kernel_forward
 
@@ -227,11 +229,13 @@ def test_internal_entry_points_refuse_bad_arguments():
     with pytest.raises(ValueError, match="argument 'backend'"):
         kernel_forward(case.q, case.q, case.q, None, None, 0.125, True, -1, 0, True, 0.0, "triton")
     ext = attn.backends.registry.load("cuda-sim").extension.module()
-    ptrs = [case.q.data_ptr(), case.k_cache.data_ptr(), case.v_cache.data_ptr(), 0, 0, 0, 0, 0, 0, 0, 0]
-    sizes = [3, 2, 2, 1, 64, 0, 1]
-    with pytest.raises(ValueError, match="window widths must be >= 0"):
-        ext.decode(ptrs, [0] * 15, sizes, 0, 0.125, 0.0, -1, 0)
+    spec = AttentionSpec(softmax_scale=0.125, causal=True, window_left=-1, window_right=0, bottom_right=True)
+    lse = torch.empty(case.q.shape[0], case.q.shape[2], case.q.shape[1])
+    params = decode_params(ext, case.q, case.k_cache, case.v_cache, torch.empty_like(case.q), lse,
+                           case.seqlens_k.int(), None, None, spec)
+    params.num_splits = 2
     with pytest.raises(ValueError, match="num_splits must be >= 1, with partial buffers"):
-        ext.decode(ptrs, [0] * 15, sizes[:6] + [2], 0, 0.125, 0.0, 5, 0)
-    with pytest.raises(ValueError, match="dtype code"):
-        ext.decode(ptrs, [0] * 15, sizes, 7, 0.125, 0.0, 5, 0)
+        ext.decode(params)
+    params.num_splits, params.dtype = 1, ext.DType.float32
+    with pytest.raises(ValueError, match="dtype must be float16 or bfloat16"):
+        ext.decode(params)

@@ -28,6 +28,8 @@ import torch
 from _decode_cases import make_case
 
 import attn
+from attn.core.kernel_params import decode_params, forward_params
+from attn.core.spec import AttentionSpec
 from attn.cuda.emulator import CP_ASYNC_MODES, SCHEDULES
 from attn.testing import assert_parity, random_tensor
 
@@ -63,24 +65,21 @@ MUTANTS = {
 
 BINDING = """
 #include <pybind11/pybind11.h>
-#include <pybind11/stl.h>
 #include "decode_kernel.cuh"
+#include "dispatch.cuh"
 #include "fwd_kernel.cuh"
-#include "py_params.h"
+#include "../bindings/params.h"
 PYBIND11_MODULE(MUTANT_NAME, m) {
   m.def("configure", [](int schedule, bool land_at_wait) {
     simt::options().schedule = static_cast<simt::Schedule>(schedule);
     simt::options().cp_async = land_at_wait ? simt::CpAsyncLanding::kAtWait : simt::CpAsyncLanding::kAtIssue;
   });
-  m.def("forward", [](const std::array<uintptr_t, 6>& ptrs, const std::array<int64_t, 14>& strides,
-                      const std::array<int, 6>& sizes, int dtype, float scale, int offset) {
-    attn::launch_fwd<64, simt::half>(
-        attn::make_fwd_params(ptrs, strides, sizes, dtype, scale, 0.f, offset, 1 << 20, 0), nullptr);
+  attn::bind_cuda_params(m);
+  m.def("forward", [](const attn::FwdParams& p) {
+    attn::launch_fwd<64, simt::half>(attn::with_window_widths(p), nullptr);
   });
-  m.def("decode", [](const std::array<uintptr_t, 11>& ptrs, const std::array<int64_t, 15>& strides,
-                     const std::array<int, 7>& sizes, int dtype, float scale, float softcap, int left, int right) {
-    attn::launch_decode<64, simt::half>(
-        attn::make_decode_params(ptrs, strides, sizes, dtype, scale, softcap, left, right), nullptr);
+  m.def("decode", [](const attn::DecodeParams& p) {
+    attn::launch_decode<64, simt::half>(attn::with_window_widths(p), nullptr);
   });
   pybind11::register_exception<simt::Error>(m, "EmulatorError", PyExc_RuntimeError);
 }
@@ -100,19 +99,19 @@ def _build(name: str, out_dir: Path):
     target_file, edits = MUTANTS[name]
     tree = out_dir / name / "csrc"
     shutil.copytree(ROOT / "csrc", tree)
-    kernel = tree / "attention" / target_file
+    kernel = tree / "cuda" / target_file
     text = kernel.read_text()
     for old, new in edits:
         assert text.count(old) == 1, f"{name}: the kernel no longer contains the code this mutant removes"
         text = text.replace(old, new)
     kernel.write_text(text)
     module = f"_mutant_{name}"
-    (tree / "attention" / "mutant.cpp").write_text(BINDING.replace("MUTANT_NAME", module))
+    (tree / "cuda" / "mutant.cpp").write_text(BINDING.replace("MUTANT_NAME", module))
     target = out_dir / name / (module + importlib.machinery.EXTENSION_SUFFIXES[0])
     subprocess.run(
         ["g++", "-O1", "-std=c++17", "-shared", "-fPIC", "-fvisibility=hidden", "-fno-strict-aliasing",
          f"-I{sysconfig.get_paths()['include']}", f"-I{pybind11.get_include()}", f"-I{_cuda_include()}",
-         str(tree / "attention" / "mutant.cpp"), str(tree / "simt" / "emulator.cpp"), str(tree / "simt" / "fiber.cpp"),
+         str(tree / "cuda" / "mutant.cpp"), str(tree / "simt" / "emulator.cpp"), str(tree / "simt" / "fiber.cpp"),
          "-o", str(target), "-lpthread"],
         check=True,
     )
@@ -132,10 +131,7 @@ def mutants(tmp_path_factory):
 def _forward(mod, q, k, v):
     out = torch.empty_like(q)
     lse = torch.empty(q.shape[0], q.shape[2], q.shape[1])
-    strides = [*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *lse.stride()[:2]]
-    sizes = [q.shape[0], q.shape[2], k.shape[2], q.shape[1], k.shape[1], q.shape[3]]
-    ptrs = [q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(), 0]
-    mod.forward(ptrs, strides, sizes, 0, q.shape[3] ** -0.5, k.shape[1] - q.shape[1])  # causal, bottom-right
+    mod.forward(forward_params(mod, q, k, v, out, lse, AttentionSpec(q.shape[3] ** -0.5, causal=True, window_right=0)))
     return out
 
 
@@ -151,13 +147,8 @@ def _decode(mod, case):
     out = torch.full_like(q, float("nan"))
     lse = torch.full((q.shape[0], q.shape[2], q.shape[1]), float("nan"))
     seqlens = case.seqlens_k.int()
-    ptrs = [q.data_ptr(), case.k_cache.data_ptr(), case.v_cache.data_ptr(), out.data_ptr(), lse.data_ptr(), 0, 0,
-            seqlens.data_ptr(), 0, case.block_table.data_ptr(), 0]
-    strides = [*q.stride()[:3], *case.k_cache.stride()[:3], *case.v_cache.stride()[:3], *out.stride()[:3],
-               *lse.stride()[:2], case.block_table.stride(0)]
-    sizes = [q.shape[0], q.shape[2], case.k_cache.shape[2], q.shape[1], q.shape[3], case.k_cache.shape[1], 1]
-    big = 1 << 20
-    mod.decode(ptrs, strides, sizes, 0, q.shape[3] ** -0.5, 0.0, big, 0)
+    spec = AttentionSpec(q.shape[3] ** -0.5, causal=True, window_right=0)
+    mod.decode(decode_params(mod, q, case.k_cache, case.v_cache, out, lse, seqlens, None, case.block_table, spec))
     return out
 
 
@@ -201,6 +192,6 @@ def test_some_emulation_exposes_each_removed_decode_synchronization(mutants, nam
 
 def test_mutants_target_code_that_exists():
     for name, (target_file, edits) in MUTANTS.items():
-        text = (ROOT / "csrc" / "attention" / target_file).read_text()
+        text = (ROOT / "csrc" / "cuda" / target_file).read_text()
         for old, _ in edits:
             assert text.count(old) == 1, name

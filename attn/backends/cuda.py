@@ -31,7 +31,7 @@ from attn.cuda.extension import (
     ALIGN_BYTES,
     CUDA_EXTENSION,
     CUDA_SIM_EXTENSION,
-    DTYPE_CODES,
+    DTYPES,
     KernelExtension,
     is_aligned,
     kernel_head_dim,
@@ -67,7 +67,7 @@ class _KernelBackend:
         raise NotImplementedError(f"backend '{self.name}': {why}; backends that support it: {others}")
 
     def _check_dtype(self, op: str, dtype: torch.dtype) -> None:
-        if dtype not in DTYPE_CODES:
+        if dtype not in DTYPES:
             self._refuse(op, f"option dtype={dtype} is not supported (its kernels take float16 and bfloat16)")
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec):

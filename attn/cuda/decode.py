@@ -7,9 +7,10 @@ from typing import Optional
 import torch
 
 from attn.core.alloc import empty
+from attn.core.kernel_params import decode_params, set_tensor
 from attn.core.spec import AttentionSpec
 from attn.core.splits import decode_num_splits
-from attn.cuda.extension import DTYPE_CODES, KernelExtension, aligned, int32
+from attn.cuda.extension import KernelExtension, aligned, int32
 
 
 def attention_decode(ext: KernelExtension, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -38,13 +39,9 @@ def attention_decode(ext: KernelExtension, q: torch.Tensor, k_cache: torch.Tenso
         out_part = empty((splits, batch, seqlen_q, n_heads, head_dim), torch.float32, q.device)
         lse_part = empty((splits, batch, n_heads, seqlen_q), torch.float32, q.device)
     seqlens_k, cache_batch_idx, block_table = (int32(t) for t in (seqlens_k, cache_batch_idx, block_table))
-    tensors = (q, k_cache, v_cache, out, lse, out_part, lse_part, seqlens_k, cache_batch_idx, block_table,
-               spec.alibi_slopes)
-    ptrs = [0 if t is None else t.data_ptr() for t in tensors]
-    strides = [*q.stride()[:3], *k_cache.stride()[:3], *v_cache.stride()[:3], *out.stride()[:3],
-               *lse.stride()[:2], block_table.stride(0) if paged else 0]
-    sizes = [batch, n_heads, n_kv_heads, seqlen_q, head_dim, page_size, splits]
-    left, right = spec.window_bounds(seqlen_q, capacity)
-    args = (ptrs, strides, sizes, DTYPE_CODES[q.dtype], float(spec.softmax_scale), float(spec.softcap), left, right)
-    ext.launch("decode", q, args)
+    params = decode_params(module, q, k_cache, v_cache, out, lse, seqlens_k, cache_batch_idx, block_table, spec)
+    set_tensor(params, "out_partial", out_part)
+    set_tensor(params, "lse_partial", lse_part)
+    params.num_splits = splits
+    ext.launch("decode", q, params)
     return out, lse

@@ -7,7 +7,7 @@ from typing import Optional, Union
 import torch
 
 ALIGN_BYTES = 16  # cp.async moves 16-byte chunks
-DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1}
+DTYPES = (torch.float16, torch.bfloat16)  # what the kernels take
 
 
 class KernelExtension:
@@ -29,14 +29,14 @@ class KernelExtension:
                                 "(attn.cuda._cuda): see setup.py")
         return self._module
 
-    def launch(self, entry: str, q: torch.Tensor, args: tuple) -> None:
-        """Runs the extension's ``entry`` ("forward" or "decode") on ``args`` for tensors on q's device."""
+    def launch(self, entry: str, q: torch.Tensor, params) -> None:
+        """Runs the extension's ``entry`` ("forward" or "decode") on ``params`` for tensors on q's device."""
         kernel = getattr(self.module(), entry)
         if not self.stream:
-            kernel(*args)
+            kernel(params)
             return
         with torch.cuda.device(q.device):
-            kernel(*args, torch.cuda.current_stream(q.device).cuda_stream)
+            kernel(params, torch.cuda.current_stream(q.device).cuda_stream)
 
 
 CUDA_EXTENSION = KernelExtension("attn.cuda._cuda", stream=True)

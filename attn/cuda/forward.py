@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from attn.core.alloc import empty
+from attn.core.kernel_params import forward_params
 from attn.core.spec import AttentionSpec
-from attn.cuda.extension import DTYPE_CODES, KernelExtension, aligned, kernel_head_dim
+from attn.cuda.extension import KernelExtension, aligned, kernel_head_dim
 
 
 def attention_forward(ext: KernelExtension, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec):
@@ -15,20 +16,13 @@ def attention_forward(ext: KernelExtension, q: torch.Tensor, k: torch.Tensor, v:
     -> ``out (B, Sq, H, D)`` contiguous in q's dtype, ``lse (B, H, Sq)`` fp32. Head dims without a
     compiled kernel are zero-padded to the next one (the caller checked that one exists)."""
     batch, seqlen_q, n_heads, head_dim = q.shape
-    seqlen_k, n_kv_heads = k.shape[1], k.shape[2]
     kernel_dim = kernel_head_dim(ext, head_dim)
     if kernel_dim != head_dim:  # zero columns change no score and give output columns to drop
         q, k, v = (F.pad(t, (0, kernel_dim - head_dim)) for t in (q, k, v))
     q, k, v = (aligned(t) for t in (q, k, v))
     out = empty((batch, seqlen_q, n_heads, kernel_dim), q.dtype, q.device)
     lse = empty((batch, n_heads, seqlen_q), torch.float32, q.device)
-    ptrs = [t.data_ptr() for t in (q, k, v, out, lse)]
-    ptrs.append(0 if spec.alibi_slopes is None else spec.alibi_slopes.data_ptr())
-    strides = [*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *lse.stride()[:2]]
-    sizes = [batch, n_heads, n_kv_heads, seqlen_q, seqlen_k, kernel_dim]
-    args = (ptrs, strides, sizes, DTYPE_CODES[q.dtype], float(spec.softmax_scale), float(spec.softcap),
-            spec.diagonal_offset(seqlen_q, seqlen_k), *spec.window_bounds(seqlen_q, seqlen_k))
-    ext.launch("forward", q, args)
+    ext.launch("forward", q, forward_params(ext.module(), q, k, v, out, lse, spec))
     if kernel_dim != head_dim:
         out = out[..., :head_dim].contiguous()
     return out, lse

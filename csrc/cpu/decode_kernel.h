@@ -194,7 +194,7 @@ struct Split {
 
 // Keys batch b may see at all, cut into `splits` ranges of whole tiles.
 static Split split_range(const DecodeParams& p, int64_t b, int split, int splits) {
-  const int64_t len = reinterpret_cast<const int32_t*>(p.cache_seqlens)[b];
+  const int64_t len = reinterpret_cast<const int32_t*>(p.seqlens_k)[b];
   const int64_t offset = len - p.seqlen_q;
   const int64_t lo = p.window_left >= 0 ? std::max<int64_t>(0, offset - p.window_left) : 0;
   const int64_t hi = p.window_right >= 0 ? std::min<int64_t>(len, p.seqlen_q - 1 + offset + p.window_right + 1) : len;
@@ -211,7 +211,7 @@ static void head_tile(const DecodeParams& p, Workspace& w, int64_t b, int64_t kv
                       const NextRows& next) {
   const int64_t group = p.n_heads / p.n_kv_heads;
   const int rows = int(p.seqlen_q * group);
-  const int64_t offset = reinterpret_cast<const int32_t*>(p.cache_seqlens)[b] - p.seqlen_q;
+  const int64_t offset = reinterpret_cast<const int32_t*>(p.seqlens_k)[b] - p.seqlen_q;
   const float* slopes = reinterpret_cast<const float*>(p.alibi_slopes);
   gather_rows(p, w.k_rows, w.k_tile, p.k_cache, b, j0, n, p.k_batch_stride, p.k_row_stride, p.k_head_stride,
               kv_head, dp, direct);
@@ -302,7 +302,7 @@ static int choose_splits(const DecodeParams& p, int threads) {
   if (p.num_splits > 0) return p.num_splits;
   int64_t longest = 0;
   for (int64_t b = 0; b < p.batch; ++b)
-    longest = std::max<int64_t>(longest, reinterpret_cast<const int32_t*>(p.cache_seqlens)[b]);
+    longest = std::max<int64_t>(longest, reinterpret_cast<const int32_t*>(p.seqlens_k)[b]);
   const int64_t want = ceil_div(4 * int64_t(threads), p.batch);
   return int(std::max<int64_t>(1, std::min(want, ceil_div(longest, DECODE_BLOCK_N))));
 }

@@ -172,7 +172,7 @@ static void forward_tile(const FwdParams& p, const KV& kv, Workspace& w, int64_t
   const int64_t head_dim = p.head_dim;
   const int rows = int(std::min<int64_t>(BLOCK_M, p.seqlen_q - i0));
   const int64_t kv_head = h / (p.n_heads / p.n_kv_heads);
-  const int64_t offset = p.diag_offset;
+  const int64_t offset = p.diagonal_offset;
   const int64_t left = p.window_left, right = p.window_right;
   const int64_t esize = dtype_size(p.dtype);
 

@@ -330,7 +330,7 @@ void Worker::complete_collective(Warp& warp, int warp_index) {
       break;
     }
     case Op::kMma: {
-      // Fragment layouts of mma.m16n8k16 (DESIGN.md §5), g = lane / 4, t = lane % 4.
+      // Fragment layouts of mma.m16n8k16 (docs/design.md §5), g = lane / 4, t = lane % 4.
       local.mma++;
       const auto type = static_cast<MmaType>(first.variant);
       float a[16][16], b[16][8], c[16][8];

@@ -1,4 +1,4 @@
-// selftest.h — kernels that check the emulator itself (exposed as attn._cuda_sim.selftest).
+// selftest.h — kernels that check the emulator itself (exposed as attn.cuda._cuda_sim.selftest).
 #pragma once
 
 #include <pybind11/pybind11.h>

@@ -53,7 +53,7 @@ __device__ __forceinline__ uint32_t smem_address(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
-// D (16x8 f32) = A (16x16, row) * B (16x8, col) + C; fragment layouts in DESIGN.md §5.
+// D (16x8 f32) = A (16x16, row) * B (16x8, col) + C; fragment layouts in docs/design.md §5.
 template <typename T>
 __device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
                                              const float (&c)[4]);

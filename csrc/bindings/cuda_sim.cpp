@@ -1,14 +1,14 @@
-// sim_bindings.cpp — attn._cuda_sim: the CUDA forward and decode kernels run by the SIMT emulator on CPU
+// cuda_sim.cpp — attn.cuda._cuda_sim: the CUDA forward and decode kernels run by the SIMT emulator on CPU
 // memory, with the emulator's schedule and cp.async options per call.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <string>
 
+#include "../cuda/params.h"
 #include "../simt/selftest.h"
 #include "../simt/simt.h"
 #include "params.h"
-#include "py_params.h"
 
 namespace py = pybind11;
 
@@ -69,31 +69,14 @@ PYBIND11_MODULE(_cuda_sim, m) {
     return d;
   });
   m.def("reset_stats", &simt::reset_stats);
+  attn::bind_cuda_params(m);
+  attn::bind_cuda_shapes(m);
   m.def(
-      "forward",
-      [](const std::array<uintptr_t, 6>& ptrs, const std::array<int64_t, 14>& strides, const std::array<int, 6>& sizes,
-         int dtype, float softmax_scale, float softcap, int diagonal_offset, int window_left, int window_right) {
-        const attn::FwdParams p = attn::make_fwd_params(ptrs, strides, sizes, dtype, softmax_scale, softcap,
-                                                        diagonal_offset, window_left, window_right);
-        py::gil_scoped_release unlocked;
-        attn::run_fwd(p, nullptr);
-      },
-      py::arg("ptrs"), py::arg("strides"), py::arg("sizes"), py::arg("dtype"), py::arg("softmax_scale"),
-      py::arg("softcap"), py::arg("diagonal_offset"), py::arg("window_left"), py::arg("window_right"));
-  m.attr("head_dims") = attn::as_tuple(attn::kHeadDims);
+      "forward", [](const attn::FwdParams& p) { attn::run_fwd(p, nullptr); }, py::arg("params"),
+      py::call_guard<py::gil_scoped_release>(), "Attention forward into params.out / params.lse");
   m.def(
-      "decode",
-      [](const std::array<uintptr_t, 11>& ptrs, const std::array<int64_t, 15>& strides, const std::array<int, 7>& sizes,
-         int dtype, float softmax_scale, float softcap, int window_left, int window_right) {
-        const attn::DecodeParams p =
-            attn::make_decode_params(ptrs, strides, sizes, dtype, softmax_scale, softcap, window_left, window_right);
-        py::gil_scoped_release unlocked;
-        attn::run_decode(p, nullptr);
-      },
-      py::arg("ptrs"), py::arg("strides"), py::arg("sizes"), py::arg("dtype"), py::arg("softmax_scale"),
-      py::arg("softcap"), py::arg("window_left"), py::arg("window_right"));
-  m.def("decode_tile", &attn::decode_tile, py::arg("head_dim"), py::arg("packed_rows"),
-        "(block_m, block_n, uses_mma) of the decode kernel for this many packed query rows");
+      "decode", [](const attn::DecodeParams& p) { attn::run_decode(p, nullptr); }, py::arg("params"),
+      py::call_guard<py::gil_scoped_release>(), "Split-KV decode into params.out / params.lse");
   py::register_exception<simt::Error>(m, "EmulatorError", PyExc_RuntimeError);
   py::module_ selftest = m.def_submodule("selftest", "Small kernels that check the emulator itself");
   simt::selftest::register_kernels(selftest);

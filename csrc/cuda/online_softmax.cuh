@@ -1,6 +1,6 @@
 // online_softmax.cuh — running max / running sum over mma accumulator rows.
 //
-// A thread's mma.m16n8k16 accumulators (C layout, DESIGN.md §5) cover two rows of the warp's
+// A thread's mma.m16n8k16 accumulators (C layout, docs/design.md §5) cover two rows of the warp's
 // 16-row tile, g = lane / 4 (elements 0, 1) and g + 8 (elements 2, 3), and two columns per
 // 8-column n-tile; the four lanes of a quad (same g) hold the rest of each row. Scores are kept
 // in the log2 domain (scaled by softmax_scale * log2(e)) so that exp2 does the exponentials.

@@ -28,13 +28,28 @@ decltype(auto) with_head_dim(int head_dim, const char* what, F&& f) {
 }
 
 // f(simt::half{}) or f(simt::bf16{}): the launcher takes the type as decltype of its argument.
+// Throws std::invalid_argument for kFloat32 (the Python side refuses float32 before launching).
 template <typename F>
 void with_element_type(DType dtype, F&& f) {
-  if (dtype == DType::kF16) {
-    f(simt::half{});
-  } else {
-    f(simt::bf16{});
+  switch (dtype) {
+    case DType::kFloat16: return f(simt::half{});
+    case DType::kBFloat16: return f(simt::bf16{});
+    case DType::kFloat32: break;
   }
+  throw std::invalid_argument("attn CUDA kernels: dtype must be float16 or bfloat16");
+}
+
+// The width that stands for an unbounded window side (-1 in the params, docs/design.md §2): no
+// |query position - key| reaches it, and position + width + 1 stays within int for the
+// sequences the kernels' int key arithmetic indexes (below 2^30 keys).
+constexpr int kUnboundedWindow = 1 << 30;
+
+// p with its unbounded window sides (< 0) as kUnboundedWindow: the kernels compare widths >= 0.
+template <typename Params>
+Params with_window_widths(Params p) {
+  if (p.window_left < 0) p.window_left = kUnboundedWindow;
+  if (p.window_right < 0) p.window_right = kUnboundedWindow;
+  return p;
 }
 
 }  // namespace attn

@@ -10,8 +10,10 @@ template <int D, typename T>
 void launch_fwd(const FwdParams& p, void* stream);
 
 void run_fwd(const FwdParams& p, void* stream) {
+  const FwdParams widths = with_window_widths(p);
   with_head_dim(p.head_dim, "forward", [&](auto d) {
-    with_element_type(p.dtype, [&](auto element) { launch_fwd<decltype(d)::value, decltype(element)>(p, stream); });
+    with_element_type(p.dtype,
+                      [&](auto element) { launch_fwd<decltype(d)::value, decltype(element)>(widths, stream); });
   });
 }
 

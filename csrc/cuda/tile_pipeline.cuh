@@ -11,7 +11,7 @@
 //
 // Where the rows come from is the caller's business: each tile loader takes a functor giving the
 // global address of a row (a query of the packed tile, a key of a contiguous or paged cache), so
-// the same loop serves strided tensors and page tables. Fragment layouts: DESIGN.md §5.
+// the same loop serves strided tensors and page tables. Fragment layouts: docs/design.md §5.
 #pragma once
 
 #include <cmath>
