@@ -172,6 +172,12 @@ def test_unsupported_inputs_name_other_backends():
     q = torch.randn(1, 1, 2, 64, dtype=torch.float16)
     with pytest.raises(NotImplementedError, match="'k_cache' must be 16-byte aligned"):
         attn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=10, backend="cuda-sim")
+    # Under torch.compile the adapter cannot read pointers; the launcher inside the op refuses alone.
+    from attn.ops.decode import flash_attn_decode
+
+    with pytest.raises(ValueError, match="attn::flash_attn_decode: argument 'k_cache' must be 16-byte aligned"):
+        flash_attn_decode(q, k_cache, v_cache, torch.tensor([10], dtype=torch.int32), None, None, None, None, 0.125,
+                          False, -1, -1, True, 0.0, 1, "cuda-sim")
 
 
 @pytest.mark.parametrize("seqlen_q,group,page_size,num_splits",

@@ -28,13 +28,12 @@ import torch
 from attn.backends import registry
 from attn.core.spec import AttentionSpec
 from attn.cuda.extension import (
-    ALIGN_BYTES,
     CUDA_EXTENSION,
     CUDA_SIM_EXTENSION,
     DTYPES,
     KernelExtension,
-    is_aligned,
     kernel_head_dim,
+    misalignment,
 )
 from attn.ops import decode as decode_op
 from attn.ops import kernel_forward as kernel_forward_op
@@ -91,11 +90,11 @@ class _KernelBackend:
         if q.shape[3] not in head_dims:
             self._refuse("decode", f"decode has kernels for head dims {list(head_dims)}, got {q.shape[3]} (the "
                                    "cache cannot be padded in place)")
+        # Pointers cannot be traced: under torch.compile the launcher (inside the op) checks alone.
         for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
-            if not is_aligned(cache):
-                self._refuse("decode", f"argument '{name}' must be 16-byte aligned (data pointer and strides of the "
-                                       f"first three dims multiples of {ALIGN_BYTES // cache.element_size()} "
-                                       f"elements), got pointer {cache.data_ptr()} and strides {tuple(cache.stride())}")
+            why = None if torch.compiler.is_compiling() else misalignment(name, cache)
+            if why is not None:
+                self._refuse("decode", why)
         return decode_op.decode(q, k_cache, v_cache, seqlens_k, cache_batch_idx, block_table, spec, num_splits,
                                 self.name)
 

@@ -10,7 +10,7 @@ from attn.core.alloc import empty
 from attn.core.kernel_params import decode_params, set_tensor
 from attn.core.spec import AttentionSpec
 from attn.core.splits import decode_num_splits
-from attn.cuda.extension import KernelExtension, aligned, int32
+from attn.cuda.extension import KernelExtension, aligned, int32, misalignment
 
 
 def attention_decode(ext: KernelExtension, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -18,7 +18,12 @@ def attention_decode(ext: KernelExtension, q: torch.Tensor, k_cache: torch.Tenso
                      block_table: Optional[torch.Tensor], spec: AttentionSpec, num_splits: int):
     """fp16/bf16 ``q (B, Sq, H, D)`` against ``seqlens_k (B,)`` keys per sequence of a contiguous
     ``(B_cache, S_max, Hkv, D)`` or paged ``(num_pages, page_size, Hkv, D)`` cache, 16-byte aligned
-    (checked by the caller) -> ``out (B, Sq, H, D)`` in q's dtype, ``lse (B, H, Sq)`` fp32."""
+    -> ``out (B, Sq, H, D)`` in q's dtype, ``lse (B, H, Sq)`` fp32. A cache cannot be copied to
+    align it (the caller's appends must land in it): a misaligned one raises ValueError."""
+    for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
+        why = misalignment(name, cache)
+        if why is not None:
+            raise ValueError(f"attn::flash_attn_decode: {why}")
     module = ext.module()
     batch, seqlen_q, n_heads, head_dim = q.shape
     n_kv_heads = k_cache.shape[2]

@@ -49,6 +49,15 @@ def is_aligned(t: torch.Tensor) -> bool:
     return t.data_ptr() % ALIGN_BYTES == 0 and all(s % elems == 0 for s in t.stride()[:-1])
 
 
+def misalignment(name: str, t: torch.Tensor) -> Optional[str]:
+    """Why argument ``name`` cannot be read in place by cp.async, or None when it is 16-byte aligned."""
+    if is_aligned(t):
+        return None
+    return (f"argument '{name}' must be 16-byte aligned (data pointer and strides of the first three dims "
+            f"multiples of {ALIGN_BYTES // t.element_size()} elements), got pointer {t.data_ptr()} and strides "
+            f"{tuple(t.stride())}")
+
+
 def aligned(t: torch.Tensor) -> torch.Tensor:
     """t itself when 16-byte aligned, else a contiguous copy."""
     return t if is_aligned(t) else t.contiguous()
