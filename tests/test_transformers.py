@@ -1,4 +1,6 @@
-"""attn as a transformers attention implementation vs transformers' own "eager" attention.
+"""attn as a transformers attention implementation vs transformers' own "eager" attention, and the
+attention function on its own against the oracle (tests/test_transformers_models.py covers every
+architecture family).
 
 Tiny random-weight GPT-2, Llama (GQA, 2 kv heads) and Mistral (sliding window) models are built
 from configs (no downloads). Every model pair shares weights; each model gets its own config copy
@@ -149,56 +151,101 @@ def _oracle(q, k, v, **kwargs):
 
 
 CASES = [
-    # name, Lq, Lk, is_causal, mask kind, sliding_window, softcap
-    ("causal prefill", 9, 9, True, None, None, None),
-    ("decode, no mask", 1, 13, True, None, None, None),
-    ("empty static cache prefill", 5, 12, True, None, None, None),
-    ("sliding window, no mask", 7, 7, True, None, 4, None),
-    ("softcap (gemma2)", 6, 6, True, None, None, 5.0),
-    ("bidirectional", 6, 8, False, None, None, None),
-    ("padded bool mask", 6, 6, True, "padded", None, None),
-    ("decode with mask", 1, 10, True, "padded", None, None),
+    # name, Lq, Lk, is_causal, mask kind, sliding_window, softcap, position_bias
+    ("causal prefill", 9, 9, True, None, None, None, False),
+    ("decode, no mask", 1, 13, True, None, None, None, False),
+    ("empty static cache prefill", 5, 12, True, None, None, None, False),
+    ("sliding window, no mask", 7, 7, True, None, 4, None, False),
+    ("softcap (gemma2)", 6, 6, True, None, None, 5.0, False),
+    ("bidirectional", 6, 8, False, None, None, None, False),
+    ("padded bool mask", 6, 6, True, "padded", None, None, False),
+    ("decode with mask", 1, 10, True, "padded", None, None, False),
+    ("softcap with padded mask (gemma2)", 6, 6, True, "padded", None, 5.0, False),
+    ("softcap, decode with mask", 1, 10, True, "padded", None, 5.0, False),
+    ("position bias, encoder (t5)", 6, 6, False, "padded", None, None, True),
+    ("position bias, causal decode (t5)", 1, 9, True, None, None, None, True),
+    ("position bias, empty static cache (t5)", 5, 12, True, None, None, None, True),
 ]
 
 
+def _position_bias(seqlen_q, seqlen_k, seed=1):
+    """(1, H, Lq, Lk) float bias as T5 builds it: shared by the batch."""
+    return torch.randn(1, 4, seqlen_q, seqlen_k, generator=torch.Generator().manual_seed(seed))
+
+
 @pytest.mark.parametrize("backend", ["triton", "reference"])
-@pytest.mark.parametrize("name,seqlen_q,seqlen_k,is_causal,mask_kind,window,softcap", CASES, ids=[c[0] for c in CASES])
-def test_attention_function_cases(backend, name, seqlen_q, seqlen_k, is_causal, mask_kind, window, softcap):
+@pytest.mark.parametrize("name,seqlen_q,seqlen_k,is_causal,mask_kind,window,softcap,biased", CASES,
+                         ids=[c[0] for c in CASES])
+def test_attention_function_cases(backend, name, seqlen_q, seqlen_k, is_causal, mask_kind, window, softcap, biased):
     q, k_cache, v_cache = _qkv(2, 4, 2, seqlen_q, seqlen_k)
     k, v = k_cache, v_cache
     scale = 0.3
     mask = None
+    bias = _position_bias(seqlen_q, seqlen_k) if biased else None
     expect = dict(softmax_scale=scale, causal=is_causal, softcap=softcap or 0.0)
     if mask_kind == "padded":
-        keep = attn.reference.visibility(2, seqlen_q, seqlen_k, causal=True)
+        keep = attn.reference.visibility(2, seqlen_q, seqlen_k, causal=is_causal)
         keep[1, ..., :2] = False  # row 1 is left-padded by 2
         mask = keep
-        expect = dict(softmax_scale=scale, attn_mask=keep)
+        expect = dict(softmax_scale=scale, softcap=softcap or 0.0, attn_mask=keep)
     elif is_causal and 1 < seqlen_q < seqlen_k:  # only the first Lq slots are written
         k, v = k[:, :, :seqlen_q], v[:, :, :seqlen_q]
         expect["bottom_right"] = False
     if window:
         expect["window_size"] = (window - 1, 0)
+    if biased:
+        cut = bias[..., :k.shape[2]]
+        expect["attn_mask"] = cut if mask is None else cut.masked_fill(~mask, float("-inf"))
     out, weights = attn_hf.attention_forward(
-        _Module(is_causal), q, k_cache, v_cache, mask, scaling=scale,
-        sliding_window=window, softcap=softcap, backend=backend, position_ids=None, use_cache=True,
+        _Module(is_causal), q, k_cache, v_cache, mask, scaling=scale, sliding_window=window, softcap=softcap,
+        position_bias=bias, backend=backend, position_ids=None, use_cache=True,
     )
     assert weights is None
     assert out.shape == (2, seqlen_q, 4, 16)
     assert_parity(out, _oracle(q, k, v, **expect), None)
 
 
-def test_unsupported_options_raise():
+def test_position_bias_gets_its_gradient():
+    """T5 learns its relative position bias: under auto the bias gets the oracle's gradient
+    (routed to a backend that gives it); a pinned backend that cannot give it refuses."""
+    q, k, v = _qkv(2, 4, 2, 5, 5)
+    mask = torch.ones(2, 1, 5, 5, dtype=torch.bool)
+    mask[1, ..., :2] = False
+    grad_out = torch.randn(2, 5, 4, 16, generator=torch.Generator().manual_seed(3))
+    bias = _position_bias(5, 5).requires_grad_()
+    out, _ = attn_hf.attention_forward(_Module(False), q, k, v, mask, position_bias=bias)
+    (got,) = torch.autograd.grad(out, bias, grad_out)
+    want_bias = bias.detach().double().requires_grad_()
+    want_out = _oracle(q, k, v, attn_mask=want_bias.masked_fill(~mask, float("-inf")))
+    (want,) = torch.autograd.grad(want_out, want_bias, grad_out.double())
+    assert_parity(got, want, None)
+    with pytest.raises(NotImplementedError, match=r"'position_bias'.*backend 'cpu'.*\['torch', 'reference'\]"):
+        attn_hf.attention_forward(_Module(False), q, k, v, mask, position_bias=bias, backend="cpu")
+
+
+def test_options_that_change_the_math_raise():
     q, k, v = _qkv(1, 4, 2, 3, 3)
     with pytest.raises(NotImplementedError, match="option 's_aux'"):
         attn_hf.attention_forward(_Module(), q, k, v, None, s_aux=torch.zeros(4))
     with pytest.raises(NotImplementedError, match="option 'output_attentions'"):
         attn_hf.attention_forward(_Module(), q, k, v, None, output_attentions=True)
-    mask = torch.ones(1, 1, 3, 3, dtype=torch.bool)
-    with pytest.raises(NotImplementedError, match="option 'softcap'"):
-        attn_hf.attention_forward(_Module(), q, k, v, mask, softcap=5.0)
-    with pytest.raises(NotImplementedError, match="dropout_p"):
-        attn_hf.attention_forward(_Module(), q, k, v, None, dropout=0.1)
+    with pytest.raises(NotImplementedError, match="option 'cu_seq_lens_q'"):
+        attn_hf.attention_forward(_Module(), q, k, v, None, cu_seq_lens_q=torch.tensor([0, 3], dtype=torch.int32))
+    training = _Module().train()
+    with pytest.raises(NotImplementedError, match=r"attention dropout \(dropout=0.1 in _Module, training\)"):
+        attn_hf.attention_forward(training, q, k, v, None, dropout=0.1)
+
+
+def test_options_that_do_not_change_the_math_are_ignored():
+    """Bookkeeping arguments of other layers (Mixtral's router, ModernBERT's determinism flag,
+    generate's output_hidden_states, ...) and dropout outside training leave the result as the
+    oracle's."""
+    q, k, v = _qkv(1, 4, 2, 3, 3)
+    out, _ = attn_hf.attention_forward(
+        _Module().eval(), q, k, v, None, dropout=0.1, output_router_logits=False, deterministic=False,
+        output_hidden_states=False, output_attentions=False, indices=torch.arange(3), some_future_argument=1,
+    )
+    assert_parity(out, _oracle(q, k, v, causal=True), None)
 
 
 def test_register_adds_both_functions_and_checks_the_name():
@@ -211,12 +258,18 @@ def test_register_adds_both_functions_and_checks_the_name():
         attn_hf.register("sdpa")
     with pytest.raises(TypeError, match="argument 'name' expected a non-empty str"):
         attn_hf.register("")
+    with pytest.raises(ValueError, match="argument 'backend' expected one of"):
+        attn_hf.register(backend="tritonn")
 
 
+def test_default_names_say_what_runs():
+    assert attn_hf.register() == "attn"
+    assert attn_hf.register(backend="cpu") == "attn_cpu"
+    assert attn_hf.register(backend="cuda-sim") == "attn_cuda_sim"
+    assert attn_hf.register(backend="triton") == "attn_triton"
 
-def test_kernel_per_step(monkeypatch):
-    """Unpadded generation: prefill on the causal forward kernel, each new token on the decode
-    kernel; a left-padded batch runs the masked path."""
+
+def _count_paths(monkeypatch):
     calls = []
 
     def counting(name, original):
@@ -225,17 +278,39 @@ def test_kernel_per_step(monkeypatch):
             return original(*args, **kwargs)
         return wrapper
 
-    for name in ("flash_attn_func", "flash_attn_with_kvcache", "scaled_dot_product_attention"):
+    for name in ("run_forward", "flash_attn_with_kvcache"):
         monkeypatch.setattr(attn_hf, name, counting(name, getattr(attn_hf, name)))
+    return calls
+
+
+def test_kernel_per_step(monkeypatch):
+    """Unpadded generation: prefill on the forward kernel, each new token on the decode kernel;
+    a left-padded batch runs the masked forward."""
+    calls = _count_paths(monkeypatch)
     _, ours = _models("llama", AUTO)
     ids, mask = _prompt(1)
     ours.generate(ids, attention_mask=mask, max_new_tokens=3, min_new_tokens=3, do_sample=False)
     layers = ours.config.num_hidden_layers
-    assert calls == ["flash_attn_func"] * layers + ["flash_attn_with_kvcache"] * 2 * layers
+    assert calls == ["run_forward"] * layers + ["flash_attn_with_kvcache"] * 2 * layers
     calls.clear()
     ids, mask = _prompt(2)
     ours.generate(ids, attention_mask=mask, max_new_tokens=3, min_new_tokens=3, do_sample=False)
-    assert calls == ["scaled_dot_product_attention"] * 3 * layers
+    assert calls == ["run_forward"] * 3 * layers
+
+
+def test_pinned_backend_without_decode_kernel_decodes_on_its_forward(monkeypatch):
+    """"torch" has no decode kernel: unpadded decode must go to its forward, with eager's tokens;
+    "cpu" has one and keeps it."""
+    calls = _count_paths(monkeypatch)
+    eager, ours = _models("llama", attn_hf.register("attn_test_torch", backend="torch"))
+    ids, mask = _prompt(1)
+    kwargs = dict(attention_mask=mask, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    assert torch.equal(ours.generate(ids, **kwargs), eager.generate(ids, **kwargs))
+    assert set(calls) == {"run_forward"}
+    calls.clear()
+    _, ours = _models("llama", attn_hf.register("attn_test_cpu", backend="cpu"))
+    ours.generate(ids, **kwargs)
+    assert "flash_attn_with_kvcache" in calls
 
 
 @pytest.mark.parametrize("batch", [1, 2])

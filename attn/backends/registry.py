@@ -18,8 +18,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import importlib
-from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Mapping, Optional
 
 import torch
 
@@ -82,6 +82,10 @@ class BackendInfo:
             tensors; not cpu: ..."); otherwise why not (a missing optional dependency or
             unbuilt extension, no CUDA device, compute capability below 8.0, Triton on CPU
             without ``TRITON_INTERPRET=1``, ...).
+        capabilities: For each op it implements (``"forward"``, ``"decode"``), the optional
+            features it honours (``"causal"``, ``"window_size"``, ``"softcap"``,
+            ``"alibi_slopes"``, ``"attn_mask"``, ``"return_lse"``, ``"backward"``; the table of
+            docs/design.md §2). Empty when the backend cannot be imported.
 
     ``str(info)`` reads ``"name: available (detail)"`` or ``"name: unavailable (detail)"``.
     Being available does not mean it supports every option: that is checked per call.
@@ -90,6 +94,7 @@ class BackendInfo:
     name: str
     available: bool
     detail: str
+    capabilities: Mapping[str, frozenset[str]] = field(default_factory=dict, hash=False)
 
     def __str__(self) -> str:
         return f"{self.name}: {'available' if self.available else 'unavailable'} ({self.detail})"
@@ -112,6 +117,7 @@ def available_backends() -> dict[str, BackendInfo]:
         if isinstance(backend, str):
             out[name] = BackendInfo(name, False, backend)
             continue
+        caps = {op: frozenset(options) for op, options in backend.capabilities.items()}
         reasons = {dev: backend.status(dev) for dev in sorted(backend.devices)}
         usable = [dev for dev, why in reasons.items() if why is None]
         if usable:
@@ -119,9 +125,9 @@ def available_backends() -> dict[str, BackendInfo]:
             blocked = [f"{d}: {why}" for d, why in reasons.items() if why is not None]
             if blocked:
                 detail += "; not " + "; ".join(blocked)
-            out[name] = BackendInfo(name, True, detail)
+            out[name] = BackendInfo(name, True, detail, caps)
         else:
-            out[name] = BackendInfo(name, False, "; ".join(f"{d}: {w}" for d, w in reasons.items()))
+            out[name] = BackendInfo(name, False, "; ".join(f"{d}: {w}" for d, w in reasons.items()), caps)
     return out
 
 
