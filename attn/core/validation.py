@@ -300,7 +300,9 @@ def check_kvcache_inputs(
         cache_seqlens = capacity
     if isinstance(cache_seqlens, int) and not isinstance(cache_seqlens, bool):
         if not 0 <= cache_seqlens <= capacity:  # before torch.full, which cannot hold every int
-            _fail(fn, "cache_seqlens", f"an int in [0, {capacity}] (the cache's capacity)", cache_seqlens)
+            holder = ("the cache's capacity" if block_table is None else
+                      f"the capacity of 'block_table': {block_table.shape[1]} pages of {k_cache.shape[1]} keys")
+            _fail(fn, "cache_seqlens", f"an int in [0, {capacity}] ({holder})", cache_seqlens)
         cache_seqlens = torch.full((batch,), cache_seqlens, dtype=torch.int32, device=q.device)
     elif isinstance(cache_seqlens, torch.Tensor):
         cache_seqlens = _check_index_tensor(fn, "cache_seqlens", cache_seqlens, (batch,), q.device)
@@ -320,7 +322,8 @@ def check_kvcache_contents(
     page_size: int,
 ) -> None:
     """Checks index contents with one device->host transfer: ``0 <= cache_seqlens`` and
-    ``cache_seqlens + new_len <= capacity``; ``cache_batch_idx`` in ``[0, cache_rows)`` and, when
+    ``cache_seqlens + new_len <= capacity`` (for a paged cache the error names ``block_table``,
+    whose width sets the capacity); ``cache_batch_idx`` in ``[0, cache_rows)`` and, when
     appending, without repeats; every page a sequence uses (``n < cache_seqlens + new_len``)
     inside the pool ``[0, cache_rows)``."""
     seqlens_k = cache_seqlens.long() + new_len
@@ -338,8 +341,14 @@ def check_kvcache_contents(
         _fail(fn, "cache_seqlens", "values >= 0", cache_seqlens.tolist())
     if bad[1]:
         what = "appending " + str(new_len) + " tokens" if new_len else "attending"
-        _fail(fn, "cache_seqlens", f"cache_seqlens + {new_len} <= {capacity} (the cache's capacity) when {what}",
-              cache_seqlens.tolist())
+        if block_table is None:
+            _fail(fn, "cache_seqlens", f"cache_seqlens + {new_len} <= {capacity} (the cache's capacity) when {what}",
+                  cache_seqlens.tolist())
+        # Paged: the pool may have room; the table maps too few pages per sequence.
+        pages = -(-int(seqlens_k.max()) // page_size)
+        _fail(fn, "block_table", f"at least {pages} pages of {page_size} keys per sequence to hold cache_seqlens + "
+              f"{new_len} = {seqlens_k.tolist()} keys when {what}",
+              f"{block_table.shape[1]} pages per sequence (shape {tuple(block_table.shape)})")
     if cache_batch_idx is not None:
         if bad[2]:
             _fail(fn, "cache_batch_idx", f"indices in [0, {cache_rows})", cache_batch_idx.tolist())
