@@ -137,14 +137,16 @@ def check_attention_inputs(
 
 
 def check_window(fn: str, window_size: object) -> tuple[int, int]:
-    """``(left, right)`` from a tuple or list of two ints or a 1-D integer tensor of two (flash-attn's
-    forms; elements in any form :func:`as_number` takes). As in flash-attn, every negative side
+    """``(left, right)`` from a tuple, list or numpy array of two ints or a 1-D integer tensor of two
+    (what flash-attn indexes; elements in any form :func:`as_number` takes). As in flash-attn, every negative side
     means unbounded and becomes -1."""
     expected = "a pair of ints (left, right): a tuple, list or 1-D integer tensor of 2"
     if isinstance(window_size, torch.Tensor):
         pair = list(window_size.unbind()) if window_size.dim() == 1 and window_size.numel() == 2 else []
+    elif isinstance(window_size, Sequence) or hasattr(window_size, "__array__"):  # tuple, list, numpy array
+        pair = list(window_size) if len(window_size) == 2 else []
     else:
-        pair = list(window_size) if isinstance(window_size, (tuple, list)) and len(window_size) == 2 else []
+        pair = []
     sides = [as_number(w, integral=True) for w in pair]
     if len(sides) != 2 or None in sides:
         _fail(fn, "window_size", expected, _describe_value(window_size), TypeError)
