@@ -140,7 +140,7 @@ def check_window(fn: str, window_size: object) -> tuple[int, int]:
     """``(left, right)`` from a tuple, list or numpy array of two ints or a 1-D integer tensor of two
     (what flash-attn indexes; elements in any form :func:`as_number` takes). As in flash-attn, every negative side
     means unbounded and becomes -1."""
-    expected = "a pair of ints (left, right): a tuple, list or 1-D integer tensor of 2"
+    expected = "a pair of ints (left, right): a tuple, list, numpy array or 1-D integer tensor of 2"
     if isinstance(window_size, torch.Tensor):
         pair = list(window_size.unbind()) if window_size.dim() == 1 and window_size.numel() == 2 else []
     elif isinstance(window_size, Sequence) or hasattr(window_size, "__array__"):  # tuple, list, numpy array
