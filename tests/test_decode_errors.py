@@ -27,10 +27,13 @@ def _refused(case, exc, match, **overrides):
 
 @pytest.mark.parametrize("page_size", [None, 16])
 def test_append_overflow_is_refused(page_size):
+    """A contiguous cache names 'cache_seqlens'; a paged one names 'block_table', whose width is what
+    falls short (the pool may have free pages)."""
     case = _case(page_size)
     capacity = 48
-    _refused(case, ValueError, rf"{FN}: argument 'cache_seqlens' expected cache_seqlens \+ 2 <= {capacity}",
-             cache_seqlens=torch.tensor([capacity - 1, 0], dtype=torch.int32))
+    match = (rf"{FN}: argument 'cache_seqlens' expected cache_seqlens \+ 2 <= {capacity}" if page_size is None else
+             rf"{FN}: argument 'block_table' expected at least 4 pages of 16 keys .* got 3 pages per sequence")
+    _refused(case, ValueError, match, cache_seqlens=torch.tensor([capacity - 1, 0], dtype=torch.int32))
 
 
 def test_negative_cache_seqlens_is_refused():

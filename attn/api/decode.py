@@ -86,19 +86,23 @@ def flash_attn_with_kvcache(
             page ``n`` of sequence ``b`` is pool block ``block_table[b, n]``, which must be in
             ``[0, num_blocks)`` for every page the sequence uses. Entries past the pages in use
             are never read. Default None: contiguous cache.
-        softmax_scale: Multiplier of ``q @ k^T``. Default ``None`` means ``1 / sqrt(D)``. Must be
-            a finite int or float.
-        causal: Causal mask, bottom-right aligned (see above). Default False. Implies
-            ``window_size[1] = 0``.
-        window_size: ``(left, right)`` sliding window around the aligned position, ints >= 0 or
-            -1 for unbounded. Default ``(-1, -1)``.
+        softmax_scale: Multiplier of ``q @ k^T``. Default ``None`` means ``1 / sqrt(D)``. A finite
+            number: a Python or numpy int or float, or a 0-d tensor that does not require grad.
+        causal: Causal mask, bottom-right aligned (see above). Default False. Read by truth
+            value, as flash-attn reads its flags (also ``rotary_interleaved`` and
+            ``return_softmax_lse``). Implies ``window_size[1] = 0``.
+        window_size: ``(left, right)`` sliding window around the aligned position: a tuple or
+            list of two ints (Python or numpy ints, or 0-d integer tensors) or a 1-D integer
+            tensor of two; each side >= 0, or negative for unbounded (flash-attn's reading).
+            Default ``(-1, -1)``.
         softcap: Gemma-2 logit soft-capping ``softcap * tanh(s / softcap)``; a finite
-            float >= 0, default 0.0 (off).
+            number >= 0 in the forms ``softmax_scale`` takes, default 0.0 (off).
         rotary_interleaved: Accepted for flash-attn compatibility; unused (no rotary support).
             Default True.
         alibi_slopes: Optional float32 ``(H,)`` or ``(B, H)`` on ``q``'s device; adds
             ``-slope * |i + L_b - Sq - j|`` (ALiBi, Press et al. 2022, flash-attn's convention).
-        num_splits: Number of key splits for the split-KV kernels, an int >= 0. 0 (default)
+        num_splits: Number of key splits for the split-KV kernels, an int >= 0 (a Python or
+            numpy int, or a 0-d integer tensor). 0 (default)
             picks by wave efficiency from the shapes only (never from the data), so results
             are deterministic for a fixed configuration; 1 never splits (bitwise reproducible);
             ``n`` splits the keys ``n`` ways, capped at the number of key tiles. Ignored by the
@@ -123,15 +127,16 @@ def flash_attn_with_kvcache(
             float16/bfloat16/float32; caches, ``k`` or ``v`` not ``q``'s dtype;
             ``cache_seqlens``, ``cache_batch_idx`` or ``block_table`` not int32;
             ``alibi_slopes`` not float32); ``cache_seqlens`` is neither an int nor a tensor;
-            ``num_splits``, ``softmax_scale``, ``softcap`` or ``window_size`` has the wrong type.
+            ``num_splits``, ``softmax_scale``, ``softcap`` or ``window_size`` has the wrong type
+            (see :func:`attn.flash_attn_func`); a flag has no truth value.
         ValueError: a wrong shape (ranks, batch, head dim, head counts, ``H % Hkv != 0``,
             ``D`` outside ``1..256``, a non-contiguous last dim, ``v_cache`` shape differs from
             ``k_cache``'s, ``k`` heads differ from the cache's, index tensors not ``(B,)`` /
             ``(B, max_blocks)``, contiguous cache with ``B_cache != B`` and no
             ``cache_batch_idx``); only one of ``k``/``v`` given; ``cache_batch_idx`` together
             with ``block_table``; a tensor not on ``q``'s device, or a named backend that does
-            not run on that device type; a wrong value (``num_splits < 0`` or a bool,
-            non-finite ``softmax_scale``, negative ``softcap``, ``window_size`` entry < -1);
+            not run on that device type; a wrong value (``num_splits < 0``, non-finite
+            ``softmax_scale``, negative ``softcap``);
             index contents out of range (``cache_seqlens < 0``, ``cache_seqlens + S_new >
             capacity``, ``cache_batch_idx`` outside ``[0, B_cache)`` or repeated when
             appending, a page in use outside ``[0, num_blocks)`` — checked in eager mode with one
@@ -152,9 +157,9 @@ def flash_attn_with_kvcache(
                 "q/k before the call and pass left-padded sequences' true lengths in 'cache_seqlens'")
     cache_seqlens, cache_batch_idx, block_table, capacity = V.check_kvcache_inputs(
         fn, q, k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, block_table)
-    if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 0:
-        V._fail(fn, "num_splits", "an int >= 0 (0 = heuristic)", repr(num_splits),
-                TypeError if not isinstance(num_splits, int) else ValueError)
+    num_splits = V.check_num_splits(fn, num_splits)
+    V.check_flag(fn, "rotary_interleaved", rotary_interleaved)
+    return_softmax_lse = V.check_flag(fn, "return_softmax_lse", return_softmax_lse)
     spec = flash_spec(fn, q, softmax_scale=softmax_scale, causal=causal, window_size=window_size, softcap=softcap,
                       alibi_slopes=alibi_slopes, need_lse=return_softmax_lse)
     impl = registry.select(fn, backend, q.device.type, "decode", used_options(spec, q, k, v))

@@ -14,16 +14,17 @@ def flash_spec(fn: str, q: torch.Tensor, *, softmax_scale, causal, window_size, 
                need_lse: bool, deterministic: bool = False) -> AttentionSpec:
     """Validates flash-attn style options (bottom-right causal) into an AttentionSpec."""
     left, right = V.check_window(fn, window_size)
+    causal = V.check_flag(fn, "causal", causal)
     return AttentionSpec(
         softmax_scale=V.check_scale(fn, "softmax_scale", softmax_scale, q.shape[-1]),
-        causal=bool(causal),
+        causal=causal,
         window_left=left,
         window_right=0 if causal else right,
         bottom_right=True,
         softcap=V.check_softcap(fn, softcap),
         alibi_slopes=V.check_alibi(fn, alibi_slopes, q),
-        need_lse=bool(need_lse),
-        deterministic=bool(deterministic),
+        need_lse=need_lse,
+        deterministic=V.check_flag(fn, "deterministic", deterministic),
     )
 
 
@@ -72,16 +73,20 @@ def flash_attn_func(
         dropout_p: Dropout probability in ``[0, 1)``. Default 0.0. No backend implements
             dropout yet, so any value > 0 raises ``NotImplementedError``.
         softmax_scale: Multiplier of ``q @ k^T`` before the softmax. Default ``None`` means
-            ``1 / sqrt(D)``. Must be a finite int or float.
+            ``1 / sqrt(D)``. A finite number: a Python or numpy int or float, or a 0-d tensor
+            that does not require grad (read once on the host), as flash-attn takes it.
         causal: Apply a causal mask aligned bottom-right (flash-attn >= 2.1 convention).
-            Default False. Implies ``window_size[1] = 0``.
+            Default False. Read by truth value, as flash-attn reads its flags (also
+            ``deterministic`` and ``return_attn_probs``). Implies ``window_size[1] = 0``.
         window_size: ``(left, right)`` sliding-window (local) attention in keys on either side
-            of the query's aligned position, each an int >= 0, or -1 for unbounded. Default
+            of the query's aligned position: a tuple or list of two ints (Python or numpy ints,
+            or 0-d integer tensors) or a 1-D integer tensor of two. Each side is >= 0, or
+            negative for unbounded (as in flash-attn, every negative value means -1). Default
             ``(-1, -1)``: no window (Mistral-style sliding window is ``(w, 0)`` with
             ``causal=True``).
         softcap: Logit soft-capping as in Gemma-2 (and flash-attn 2.6): scores become
             ``softcap * tanh(scale * q.k / softcap)`` before ALiBi and masking. A finite
-            float >= 0; default 0.0 disables it.
+            number >= 0 in the forms ``softmax_scale`` takes; default 0.0 disables it.
         alibi_slopes: Optional float32 ``(H,)`` or ``(B, H)`` per-head slopes on ``q``'s
             device. Adds ``-slope * |i + Sk - Sq - j|`` to the scores (ALiBi, Press et al.
             2022, with flash-attn's bias convention). Default None. Gets no gradient.
@@ -111,15 +116,16 @@ def flash_attn_func(
 
     Raises:
         TypeError: ``q``, ``k`` or ``v`` is not a tensor or has an unsupported dtype, ``k``/``v``
-            dtype differs from ``q``'s, ``alibi_slopes`` is not float32, or ``softmax_scale``,
-            ``softcap``, ``dropout_p`` or ``window_size`` has the wrong type (``window_size``
-            must be a pair of ints; bools are refused).
+            dtype differs from ``q``'s, ``alibi_slopes`` is not float32, ``softmax_scale``,
+            ``softcap``, ``dropout_p`` or ``window_size`` has the wrong type (a bool, a tensor
+            that is not 0-d or requires grad, a float where an int is needed, a
+            ``window_size`` that is not two values), or a flag has no truth value (e.g. a
+            tensor of several elements).
         ValueError: a wrong shape (not 4-D, empty batch or sequence, mismatched batch or head
             dim, ``k``/``v`` shapes differ, ``H % Hkv != 0``, ``D`` outside ``1..256``, a
             non-contiguous last dim, ``alibi_slopes`` not ``(H,)``/``(B, H)``); a wrong device
             (``k``, ``v`` or ``alibi_slopes`` not on ``q``'s device, or a named backend that
-            does not run on that device type); a wrong value (``window_size`` entry < -1,
-            non-finite ``softmax_scale``, negative or non-finite ``softcap``, ``dropout_p``
+            does not run on that device type); a wrong value (non-finite ``softmax_scale``, negative or non-finite ``softcap``, ``dropout_p``
             outside ``[0, 1)``); or ``backend`` is not a known name, "auto" or None.
         NotImplementedError: ``dropout_p > 0``; or the named backend cannot honour an option of
             the call (the message names the backends that can, e.g. "cuda" has no backward and
@@ -132,6 +138,7 @@ def flash_attn_func(
     V.check_attention_inputs(fn, q, k, v)
     if V.check_dropout(fn, "dropout_p", dropout_p) > 0:
         raise NotImplementedError(f"{fn}: option 'dropout_p' > 0 is not supported by any backend yet")
+    return_attn_probs = V.check_flag(fn, "return_attn_probs", return_attn_probs)
     spec = flash_spec(fn, q, softmax_scale=softmax_scale, causal=causal, window_size=window_size, softcap=softcap,
                       alibi_slopes=alibi_slopes, need_lse=return_attn_probs, deterministic=deterministic)
     out, lse = run_forward(fn, q, k, v, spec, backend)

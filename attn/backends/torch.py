@@ -1,6 +1,8 @@
 """The "torch" backend: ``torch.nn.functional.scaled_dot_product_attention``, differentiable through
-autograd, on any device. Masks are expressed as an additive bias, so it materializes nothing
-PyTorch would not; it cannot express ``softcap`` or return the LSE.
+autograd, on any device. Masks, windows and ALiBi are expressed as an additive fp32 bias, so it
+materializes nothing PyTorch would not; a call with such a bias runs in fp32 whatever the inputs'
+dtype (SDPA takes a float mask only in the inputs' dtype, and a 16-bit bias loses ALiBi far from the
+diagonal). It cannot express ``softcap`` or return the LSE.
 
 PyTorch's fused CPU SDPA kernels turn a NaN input row into zeros; attn documents that NaN
 propagates, so "torch" hands inputs that contain NaN to the reference formula (one O(B·S·H·D)
@@ -44,17 +46,22 @@ class TorchSDPABackend:
             batch, seqlen_q, seqlen_k, causal=spec.causal, bottom_right=spec.bottom_right,
             window_size=spec.window_size, device=q.device,
         )
-        bias = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, float("-inf"))
+        # Masks and ALiBi enter the softmax in fp32 (docs/design.md §3). SDPA takes a float mask
+        # only in the inputs' dtype, so a masked 16-bit call runs in fp32 and rounds its output
+        # (docs/design.md §5).
+        compute = torch.promote_types(q.dtype, torch.float32)
+        bias = torch.zeros(keep.shape, dtype=compute, device=q.device).masked_fill(~keep, float("-inf"))
         if spec.alibi_slopes is not None:
             bias = bias + reference.alibi_bias(
-                spec.alibi_slopes, batch, n_heads, seqlen_q, seqlen_k, bottom_right=spec.bottom_right
-            ).to(q.dtype)
+                spec.alibi_slopes, batch, n_heads, seqlen_q, seqlen_k, bottom_right=spec.bottom_right, dtype=compute
+            )
         if spec.bias is not None:
-            bias = bias + spec.bias.to(q.dtype)
+            bias = bias + spec.bias.to(compute)
+        qt, kt, vt = (t.to(compute) for t in (qt, kt, vt))
         out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=bias, scale=spec.softmax_scale, enable_gqa=gqa)
         # SDPA yields NaN for rows that see no key; the contract says 0.
         dead = torch.isneginf(bias).all(dim=-1, keepdim=True).expand(out.shape[:-1] + (1,))
-        out = out.masked_fill(dead, 0.0)
+        out = out.masked_fill(dead, 0.0).to(q.dtype)
         return out.transpose(1, 2), None
 
 

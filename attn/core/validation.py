@@ -7,7 +7,8 @@ Nothing is written anywhere before these checks pass.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+import numbers
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -23,6 +24,30 @@ def _describe(t: torch.Tensor) -> str:
     return f"tensor of shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
 
 
+def as_number(value: object, integral: bool = False) -> Optional[Union[int, float]]:
+    """``value`` as a Python int (``integral=True``) or float, or None when it is not one.
+
+    Accepts the scalar forms PyTorch's and flash-attn's scalar arguments take: a Python int or
+    float, a numpy integer or floating scalar, or a 0-d integer or floating tensor that does not
+    require grad (its value is read with one device-to-host transfer). Bools, complex numbers,
+    tensors of another rank and floats where an int is expected are not numbers here.
+    """
+    if isinstance(value, torch.Tensor):
+        if (value.dim() != 0 or value.requires_grad or value.dtype == torch.bool or value.is_complex()
+                or (integral and value.is_floating_point())):
+            return None
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral if integral else numbers.Real):
+        return None
+    return int(value) if integral else float(value)
+
+
+def _describe_value(value: object) -> str:
+    if not isinstance(value, torch.Tensor):
+        return repr(value)
+    return _describe(value) + (", requires_grad=True" if value.requires_grad else "")
+
+
 def check_int(fn: str, name: str, value: object, low: int, high: Optional[int] = None) -> int:
     """``value`` is an int (not a bool) with ``low <= value`` and, when given, ``value < high``."""
     expected = f"an int >= {low}" if high is None else f"an int in [{low}, {high})"
@@ -31,6 +56,25 @@ def check_int(fn: str, name: str, value: object, low: int, high: Optional[int] =
     if value < low or (high is not None and value >= high):
         _fail(fn, name, expected, repr(value))
     return value
+
+
+def check_num_splits(fn: str, num_splits: object) -> int:
+    """flash-attn's ``num_splits``: an int >= 0 in any form :func:`as_number` takes."""
+    expected = "an int >= 0 (0 = heuristic)"
+    number = as_number(num_splits, integral=True)
+    if number is None:
+        _fail(fn, "num_splits", expected, _describe_value(num_splits), TypeError)
+    if number < 0:
+        _fail(fn, "num_splits", expected, number)
+    return number
+
+
+def check_flag(fn: str, name: str, value: object) -> bool:
+    """``value``'s truth value, as flash-attn reads its flags (``bool(value)``)."""
+    try:
+        return bool(value)
+    except (RuntimeError, TypeError, ValueError):
+        _fail(fn, name, "a bool (or any value with a truth value)", _describe_value(value), TypeError)
 
 
 def check_module_input(fn: str, name: str, t: torch.Tensor, weight: torch.Tensor) -> None:
@@ -93,42 +137,46 @@ def check_attention_inputs(
 
 
 def check_window(fn: str, window_size: object) -> tuple[int, int]:
-    if (
-        not isinstance(window_size, (tuple, list))
-        or len(window_size) != 2
-        or not all(isinstance(w, int) and not isinstance(w, bool) for w in window_size)
-    ):
-        _fail(fn, "window_size", "a pair of ints (left, right)", repr(window_size), TypeError)
-    left, right = window_size
-    if left < -1 or right < -1:
-        _fail(fn, "window_size", "values >= 0, or -1 for unbounded", repr(tuple(window_size)))
-    return int(left), int(right)
+    """``(left, right)`` from a tuple, list or numpy array of two ints or a 1-D integer tensor of two
+    (what flash-attn indexes; elements in any form :func:`as_number` takes). As in flash-attn, every negative side
+    means unbounded and becomes -1."""
+    expected = "a pair of ints (left, right): a tuple, list, numpy array or 1-D integer tensor of 2"
+    if isinstance(window_size, torch.Tensor):
+        pair = list(window_size.unbind()) if window_size.dim() == 1 and window_size.numel() == 2 else []
+    elif isinstance(window_size, Sequence) or hasattr(window_size, "__array__"):  # tuple, list, numpy array
+        pair = list(window_size) if len(window_size) == 2 else []
+    else:
+        pair = []
+    sides = [as_number(w, integral=True) for w in pair]
+    if len(sides) != 2 or None in sides:
+        _fail(fn, "window_size", expected, _describe_value(window_size), TypeError)
+    left, right = sides
+    return max(left, -1), max(right, -1)
 
 
 def check_scale(fn: str, name: str, scale: object, head_dim: int) -> float:
+    """A finite real number (any form :func:`as_number` takes); None means ``1 / sqrt(head_dim)``."""
     if scale is None:
         return 1.0 / math.sqrt(head_dim)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        _fail(fn, name, "a float or None", type(scale).__name__, TypeError)
-    if not math.isfinite(scale):
-        _fail(fn, name, "a finite float", scale)
-    return float(scale)
+    return _check_real(fn, name, scale, "a finite float or None", math.isfinite)
 
 
 def check_softcap(fn: str, softcap: object) -> float:
-    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)):
-        _fail(fn, "softcap", "a float", type(softcap).__name__, TypeError)
-    if not (math.isfinite(softcap) and softcap >= 0):
-        _fail(fn, "softcap", "a finite float >= 0 (0 disables it)", softcap)
-    return float(softcap)
+    return _check_real(fn, "softcap", softcap, "a finite float >= 0 (0 disables it)",
+                       lambda x: math.isfinite(x) and x >= 0)
 
 
 def check_dropout(fn: str, name: str, dropout_p: object) -> float:
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)):
-        _fail(fn, name, "a float", type(dropout_p).__name__, TypeError)
-    if not 0.0 <= dropout_p < 1.0:
-        _fail(fn, name, "a probability in [0, 1)", dropout_p)
-    return float(dropout_p)
+    return _check_real(fn, name, dropout_p, "a probability in [0, 1)", lambda x: 0.0 <= x < 1.0)
+
+
+def _check_real(fn: str, name: str, value: object, expected: str, valid) -> float:
+    number = as_number(value)
+    if number is None:
+        _fail(fn, name, expected + " (a number, or a 0-d tensor that does not require grad)", _describe_value(value), TypeError)
+    if not valid(number):
+        _fail(fn, name, expected, number)
+    return number
 
 
 def check_alibi(fn: str, alibi_slopes: Optional[torch.Tensor], q: torch.Tensor, n_heads_axis: int = 2):
@@ -254,7 +302,9 @@ def check_kvcache_inputs(
         cache_seqlens = capacity
     if isinstance(cache_seqlens, int) and not isinstance(cache_seqlens, bool):
         if not 0 <= cache_seqlens <= capacity:  # before torch.full, which cannot hold every int
-            _fail(fn, "cache_seqlens", f"an int in [0, {capacity}] (the cache's capacity)", cache_seqlens)
+            holder = ("the cache's capacity" if block_table is None else
+                      f"the capacity of 'block_table': {block_table.shape[1]} pages of {k_cache.shape[1]} keys")
+            _fail(fn, "cache_seqlens", f"an int in [0, {capacity}] ({holder})", cache_seqlens)
         cache_seqlens = torch.full((batch,), cache_seqlens, dtype=torch.int32, device=q.device)
     elif isinstance(cache_seqlens, torch.Tensor):
         cache_seqlens = _check_index_tensor(fn, "cache_seqlens", cache_seqlens, (batch,), q.device)
@@ -274,7 +324,8 @@ def check_kvcache_contents(
     page_size: int,
 ) -> None:
     """Checks index contents with one device->host transfer: ``0 <= cache_seqlens`` and
-    ``cache_seqlens + new_len <= capacity``; ``cache_batch_idx`` in ``[0, cache_rows)`` and, when
+    ``cache_seqlens + new_len <= capacity`` (for a paged cache the error names ``block_table``,
+    whose width sets the capacity); ``cache_batch_idx`` in ``[0, cache_rows)`` and, when
     appending, without repeats; every page a sequence uses (``n < cache_seqlens + new_len``)
     inside the pool ``[0, cache_rows)``."""
     seqlens_k = cache_seqlens.long() + new_len
@@ -292,8 +343,14 @@ def check_kvcache_contents(
         _fail(fn, "cache_seqlens", "values >= 0", cache_seqlens.tolist())
     if bad[1]:
         what = "appending " + str(new_len) + " tokens" if new_len else "attending"
-        _fail(fn, "cache_seqlens", f"cache_seqlens + {new_len} <= {capacity} (the cache's capacity) when {what}",
-              cache_seqlens.tolist())
+        if block_table is None:
+            _fail(fn, "cache_seqlens", f"cache_seqlens + {new_len} <= {capacity} (the cache's capacity) when {what}",
+                  cache_seqlens.tolist())
+        # Paged: the pool may have room; the table maps too few pages per sequence.
+        pages = -(-int(seqlens_k.max()) // page_size)
+        _fail(fn, "block_table", f"at least {pages} pages of {page_size} keys per sequence to hold cache_seqlens + "
+              f"{new_len} = {seqlens_k.tolist()} keys when {what}",
+              f"{block_table.shape[1]} pages per sequence (shape {tuple(block_table.shape)})")
     if cache_batch_idx is not None:
         if bad[2]:
             _fail(fn, "cache_batch_idx", f"indices in [0, {cache_rows})", cache_batch_idx.tolist())

@@ -29,7 +29,8 @@ class CausalSelfAttention(nn.Module):
         layer_idx: Keyword-only. The layer of an :class:`attn.KVCache` this module reads and
             writes. Default 0. Checked against the cache at the first cached forward.
         window_size: Keyword-only. ``(left, right)`` sliding window with flash-attn's meaning
-            (ints >= 0, -1 = unbounded; ``right`` is forced to 0 by causality). Default
+            (ints >= 0, negative = unbounded; any form :func:`attn.flash_attn_func` takes;
+            ``right`` is forced to 0 by causality). Default
             ``(-1, -1)``; Mistral-style sliding window is ``(w, 0)``.
         softcap: Keyword-only. Gemma-2 logit soft-capping ``softcap * tanh(s / softcap)``, a
             finite float >= 0; default 0.0 (off).
@@ -44,8 +45,8 @@ class CausalSelfAttention(nn.Module):
         TypeError: ``embed_dim``, ``num_heads`` or ``num_kv_heads`` is not an int (bools are
             refused); ``window_size`` is not a pair of ints; ``softcap`` is not a number.
         ValueError: one of them is < 1; ``num_heads`` does not divide ``embed_dim``;
-            ``num_kv_heads`` does not divide ``num_heads``; the head dim exceeds 256; a
-            ``window_size`` entry is < -1; ``softcap`` is negative or not finite.
+            ``num_kv_heads`` does not divide ``num_heads``; the head dim exceeds 256;
+            ``softcap`` is negative or not finite.
     """
 
     def __init__(

@@ -13,7 +13,9 @@ kernels, tests and benchmarks cannot drift apart:
 * rows that see no key output 0 and have ``lse = -inf``.
 
 ``dtype`` picks the compute precision: fp64/fp32 for the oracle, the input dtype for the
-"same-precision PyTorch" term of the parity rule (see :mod:`attn.testing`).
+"same-precision PyTorch" term of the parity rule (see :mod:`attn.testing`). ALiBi and masks are
+added in fp32 (or fp64) whatever ``dtype`` is, as every backend adds them, and the scores stay in
+that precision from there on.
 """
 from __future__ import annotations
 
@@ -98,8 +100,8 @@ def scores(
     seqlens_k: Optional[torch.Tensor] = None,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Attention scores ``(B, H, Sq, Sk)`` in ``dtype``: scale, softcap, ALiBi, mask; invisible
-    pairs are -inf. Arguments as in :func:`attention`."""
+    """Attention scores ``(B, H, Sq, Sk)`` in ``dtype`` (at least fp32 once ALiBi or a float mask is
+    added): scale, softcap, ALiBi, mask; invisible pairs are -inf. Arguments as in :func:`attention`."""
     batch, seqlen_q, n_heads, head_dim = q.shape
     seqlen_k, n_kv_heads = k.shape[1], k.shape[2]
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
@@ -109,10 +111,13 @@ def scores(
     s = torch.matmul(qc, kc.transpose(-1, -2)) * scale
     if softcap > 0:
         s = softcap * torch.tanh(s / softcap)
+    # Biases are added in fp32 even at a 16-bit ``dtype``, which turns the scores fp32 from there
+    # on (docs/design.md §3): ALiBi of -300 in fp16 would round away the differences between keys.
+    bias_dtype = torch.promote_types(dtype, torch.float32)
     if alibi_slopes is not None:
         s = s + alibi_bias(
             alibi_slopes, batch, n_heads, seqlen_q, seqlen_k,
-            bottom_right=bottom_right, seqlens_k=seqlens_k, dtype=dtype,
+            bottom_right=bottom_right, seqlens_k=seqlens_k, dtype=bias_dtype,
         )
     keep = visibility(
         batch, seqlen_q, seqlen_k, causal=causal, bottom_right=bottom_right,
@@ -122,7 +127,7 @@ def scores(
         if attn_mask.dtype == torch.bool:
             keep = keep & attn_mask
         else:
-            s = s + attn_mask.to(dtype)
+            s = s + attn_mask.to(bias_dtype)
     return s.masked_fill(~keep, float("-inf"))
 
 
