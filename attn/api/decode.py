@@ -159,12 +159,16 @@ def flash_attn_with_kvcache(
                       alibi_slopes=alibi_slopes, need_lse=return_softmax_lse)
     impl = registry.select(fn, backend, q.device.type, "decode", used_options(spec, q, k, v))
     new_len = 0 if k is None else k.shape[1]
-    if not torch.compiler.is_compiling():  # data-dependent: one device->host transfer
+    batch, seqlen_q, n_heads, _ = q.shape
+    if batch > 0 and not torch.compiler.is_compiling():  # data-dependent: one device->host transfer
         V.check_kvcache_contents(fn, cache_seqlens, new_len, capacity, k_cache.shape[0], cache_batch_idx,
                                  block_table, k_cache.shape[1])
 
     if k is not None:
         cache_layout.append(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, block_table)
+    if batch == 0 or seqlen_q == 0:  # nothing to attend: no kernel launch (as for empty forward calls)
+        out, lse = q.new_zeros(q.shape), q.new_zeros((batch, n_heads, seqlen_q), dtype=torch.float32)
+        return (out, lse) if return_softmax_lse else out
     seqlens_k = cache_seqlens + new_len if new_len else cache_seqlens
     out, lse = impl.decode(q, k_cache, v_cache, seqlens_k, cache_batch_idx, block_table, spec, num_splits)
     return (out, lse) if return_softmax_lse else out
