@@ -58,7 +58,8 @@ def flash_attn_with_kvcache(
     requires grad (with grad mode on) is refused.
 
     Args:
-        q: ``(B, Sq, H, D)`` queries, float16, bfloat16 or float32, ``B, Sq >= 1``,
+        q: ``(B, Sq, H, D)`` queries, float16, bfloat16 or float32, ``B, Sq >= 0`` (an empty
+            ``q`` gives an empty output after the append, without a kernel launch),
             ``1 <= D <= 256``, last dim contiguous.
         k_cache: Keys, same dtype and device as ``q``, last dim contiguous. Contiguous layout
             ``(B_cache, S_max, Hkv, D)`` (``B_cache == B`` unless ``cache_batch_idx`` is given),
@@ -138,7 +139,8 @@ def flash_attn_with_kvcache(
             device-to-host transfer, skipped under ``torch.compile``); or ``backend`` is not a
             known name, "auto" or None.
         NotImplementedError: ``rotary_cos``, ``rotary_sin`` or ``cache_leftpad`` is given;
-            ``q``, ``k`` or ``v`` requires grad; the named backend cannot honour an option (the message names
+            ``q``, ``k``, ``v`` or ``alibi_slopes`` requires grad or carries a forward-mode
+            tangent (``torch.func.jvp``); the named backend cannot honour an option (the message names
             the backends that can); under "auto" no backend can run the call. The "cuda" and
             "cuda-sim" backends also refuse float32, head dims other than 32/64/128/256 and
             caches that are not 16-byte aligned — at launch, after ``k``/``v`` were appended.
