@@ -217,10 +217,10 @@ def test_unknown_isa_is_a_clear_error(isa):
 
 
 def test_compiles_without_graph_breaks():
-    """Inference under torch.compile(fullgraph=True): the C++ forward runs as the
-    attn::kernel_forward op (a pybind11 launch cannot be traced) and equals eager bit for bit;
-    opcheck validates the op with a mask, ALiBi, a window and softcap."""
-    from attn.ops.kernel_forward import kernel_forward
+    """Inference under torch.compile(fullgraph=True): the C++ forward runs as the differentiable
+    attn::flash_attn_forward op (a pybind11 launch cannot be traced) and equals eager bit for bit;
+    opcheck validates the op, its fake and its autograd with a mask, ALiBi, a window and softcap."""
+    from attn.ops.forward import flash_attn_forward
 
     gen = torch.Generator().manual_seed(6)
     q, k, v = (random_tensor((2, 40, h, 32), torch.float32, generator=gen) for h in (4, 2, 2))
@@ -230,4 +230,5 @@ def test_compiles_without_graph_breaks():
 
     assert torch.equal(call(q, k, v), torch.compile(call, fullgraph=True, backend="aot_eager")(q, k, v))
     bias = torch.randn(2, 4, 40, 40, generator=gen)
-    torch.library.opcheck(kernel_forward, (q, k, v, bias, torch.rand(2, 4), 0.2, False, 10, 3, True, 20.0, "cpu"))
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    torch.library.opcheck(flash_attn_forward, (q, k, v, bias, torch.rand(2, 4), 0.2, False, 10, 3, True, 20.0, "cpu"))

@@ -97,15 +97,23 @@ def test_torch_compile_fullgraph(compiler):
         assert torch.equal(g, e)
 
 
-def test_grad_flows_to_qkv_only():
-    """attn_mask and alibi_slopes receive no gradient (documented): only q, k, v do."""
-    q, k, v = _leaves([(1, 20, 2, 16), (1, 24, 2, 16), (1, 24, 2, 16)], torch.float32, seed=9)
-    mask = torch.randn(1, 2, 20, 24, requires_grad=True)
-    out = attn.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                            attn_mask=mask, backend="triton")
-    out.sum().backward()
-    assert mask.grad is None
-    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))
+def test_grad_flows_to_mask_and_slopes():
+    """A float attn_mask (broadcast over the batch) and alibi_slopes that require grad get their
+    gradients through the op's autograd formula, as autograd through the oracle gives them."""
+    q, k, v = _leaves([(2, 20, 2, 16), (2, 24, 2, 16), (2, 24, 2, 16)], torch.float32, seed=9)
+    mask = torch.randn(1, 2, 20, 24, generator=torch.Generator().manual_seed(10)).requires_grad_()
+    slopes = torch.rand(2, generator=torch.Generator().manual_seed(11)).requires_grad_()
+    spec = AttentionSpec(softmax_scale=0.25, causal=True, window_right=0, softcap=3.0,
+                         alibi_slopes=slopes.expand(2, 2).contiguous(), bias=mask.expand(2, 2, 20, 24))
+    out, lse = forward_op.attention(q, k, v, spec, "triton")
+    (out.sum() + lse.sum()).backward()
+    mask64, slopes64 = (t.detach().double().requires_grad_() for t in (mask, slopes))
+    ref, ref_lse = attn.reference.attention(q.double(), k.double(), v.double(), softmax_scale=0.25, causal=True,
+                                            softcap=3.0, alibi_slopes=slopes64, attn_mask=mask64,
+                                            dtype=torch.float64)
+    (ref.sum() + ref_lse.sum()).backward()
+    assert_parity(mask.grad, mask64.grad, None, what="dmask")
+    assert_parity(slopes.grad, slopes64.grad, None, what="dslopes")
 
 
 def test_op_rejects_unknown_backend():

@@ -58,7 +58,8 @@ def flash_attn_with_kvcache(
     requires grad (with grad mode on) is refused.
 
     Args:
-        q: ``(B, Sq, H, D)`` queries, float16, bfloat16 or float32, ``B, Sq >= 1``,
+        q: ``(B, Sq, H, D)`` queries, float16, bfloat16 or float32, ``B, Sq >= 0`` (an empty
+            ``q`` gives an empty output after the append, without a kernel launch),
             ``1 <= D <= 256``, last dim contiguous.
         k_cache: Keys, same dtype and device as ``q``, last dim contiguous. Contiguous layout
             ``(B_cache, S_max, Hkv, D)`` (``B_cache == B`` unless ``cache_batch_idx`` is given),
@@ -143,7 +144,8 @@ def flash_attn_with_kvcache(
             device-to-host transfer, skipped under ``torch.compile``); or ``backend`` is not a
             known name, "auto" or None.
         NotImplementedError: ``rotary_cos``, ``rotary_sin`` or ``cache_leftpad`` is given;
-            ``q``, ``k`` or ``v`` requires grad; the named backend cannot honour an option (the message names
+            ``q``, ``k``, ``v`` or ``alibi_slopes`` requires grad or carries a forward-mode
+            tangent (``torch.func.jvp``); the named backend cannot honour an option (the message names
             the backends that can); under "auto" no backend can run the call. The "cuda" and
             "cuda-sim" backends also refuse float32, head dims other than 32/64/128/256 and
             caches that are not 16-byte aligned — at launch, after ``k``/``v`` were appended.
@@ -164,12 +166,16 @@ def flash_attn_with_kvcache(
                       alibi_slopes=alibi_slopes, need_lse=return_softmax_lse)
     impl = registry.select(fn, backend, q.device.type, "decode", used_options(spec, q, k, v))
     new_len = 0 if k is None else k.shape[1]
-    if not torch.compiler.is_compiling():  # data-dependent: one device->host transfer
+    batch, seqlen_q, n_heads, _ = q.shape
+    if batch > 0 and not torch.compiler.is_compiling():  # data-dependent: one device->host transfer
         V.check_kvcache_contents(fn, cache_seqlens, new_len, capacity, k_cache.shape[0], cache_batch_idx,
                                  block_table, k_cache.shape[1])
 
     if k is not None:
         cache_layout.append(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, block_table)
+    if batch == 0 or seqlen_q == 0:  # nothing to attend: no kernel launch (as for empty forward calls)
+        out, lse = q.new_zeros(q.shape), q.new_zeros((batch, n_heads, seqlen_q), dtype=torch.float32)
+        return (out, lse) if return_softmax_lse else out
     seqlens_k = cache_seqlens + new_len if new_len else cache_seqlens
     out, lse = impl.decode(q, k_cache, v_cache, seqlens_k, cache_batch_idx, block_table, spec, num_splits)
     return (out, lse) if return_softmax_lse else out

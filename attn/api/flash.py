@@ -57,16 +57,17 @@ def flash_attn_func(
     sees no key (e.g. causal with ``Sq > Sk``) outputs 0 and has ``lse = -inf``, never NaN; NaN
     inputs propagate.
 
-    Differentiable w.r.t. ``q``, ``k`` and ``v`` on the backends with a backward ("triton",
-    "cpu", "torch", "reference"; not "cuda"/"cuda-sim"): through ``out``, and through ``lse`` on
-    "triton" and "reference" (the "cpu" backend returns ``lse`` without gradient).
-    ``alibi_slopes`` gets no gradient. The Triton backward uses no atomics, so it is
-    deterministic whatever ``deterministic`` says.
+    Differentiable w.r.t. ``q``, ``k``, ``v`` and ``alibi_slopes`` on the backends with a
+    backward ("triton", "cpu", "torch", "reference"; not "cuda"/"cuda-sim"), through ``out`` and
+    ``lse``. Forward-mode AD (``torch.func.jvp``) runs on "reference" only ("auto" picks it).
+    The Triton backward uses no atomics, so it is deterministic whatever ``deterministic`` says.
+    Empty inputs (``B``, ``Sq`` or ``Sk`` = 0) give an empty output, or zeros with
+    ``lse = -inf`` when ``Sk = 0``, as PyTorch does, without a kernel launch.
 
     Args:
         q: ``(B, Sq, H, D)`` queries, float16, bfloat16 or float32, ``1 <= D <= 256``,
-            ``B, Sq >= 1``. Any strides except that the last dim must be contiguous (stride 1).
-        k: ``(B, Sk, Hkv, D)`` keys, same dtype and device as ``q``, ``Sk >= 1``,
+            ``B, Sq >= 0``. Any strides except that the last dim must be contiguous (stride 1).
+        k: ``(B, Sk, Hkv, D)`` keys, same dtype and device as ``q``, ``Sk >= 0``,
             ``H % Hkv == 0``, last dim contiguous.
         v: ``(B, Sk, Hkv, D)`` values, the same shape as ``k``, same dtype and device as ``q``,
             last dim contiguous.
@@ -89,7 +90,8 @@ def flash_attn_func(
             number >= 0 in the forms ``softmax_scale`` takes; default 0.0 disables it.
         alibi_slopes: Optional float32 ``(H,)`` or ``(B, H)`` per-head slopes on ``q``'s
             device. Adds ``-slope * |i + Sk - Sq - j|`` to the scores (ALiBi, Press et al.
-            2022, with flash-attn's bias convention). Default None. Gets no gradient.
+            2022, with flash-attn's bias convention). Default None. Gets a gradient when it
+            requires grad (flash-attn gives none).
         deterministic: Accepted for flash-attn compatibility. Default False. Every backward
             here is deterministic already, so it changes nothing.
         return_attn_probs: If True, also return the log-sum-exp of each query row. Default
@@ -116,12 +118,19 @@ def flash_attn_func(
 
     Raises:
         TypeError: ``q``, ``k`` or ``v`` is not a tensor or has an unsupported dtype, ``k``/``v``
+<<<<<<< HEAD
             dtype differs from ``q``'s, ``alibi_slopes`` is not float32, ``softmax_scale``,
             ``softcap``, ``dropout_p`` or ``window_size`` has the wrong type (a bool, a tensor
             that is not 0-d or requires grad, a float where an int is needed, a
             ``window_size`` that is not two values), or a flag has no truth value (e.g. a
             tensor of several elements).
         ValueError: a wrong shape (not 4-D, empty batch or sequence, mismatched batch or head
+=======
+            dtype differs from ``q``'s, ``alibi_slopes`` is not float32, or ``softmax_scale``,
+            ``softcap``, ``dropout_p`` or ``window_size`` has the wrong type (``window_size``
+            must be a pair of ints; bools are refused).
+        ValueError: a wrong shape (not 4-D, mismatched batch or head
+>>>>>>> i15b
             dim, ``k``/``v`` shapes differ, ``H % Hkv != 0``, ``D`` outside ``1..256``, a
             non-contiguous last dim, ``alibi_slopes`` not ``(H,)``/``(B, H)``); a wrong device
             (``k``, ``v`` or ``alibi_slopes`` not on ``q``'s device, or a named backend that
@@ -129,7 +138,7 @@ def flash_attn_func(
             outside ``[0, 1)``); or ``backend`` is not a known name, "auto" or None.
         NotImplementedError: ``dropout_p > 0``; or the named backend cannot honour an option of
             the call (the message names the backends that can, e.g. "cuda" has no backward and
-            no float32); or under "auto" no backend in the order can run the call (the message
+            no float32, only "reference" takes forward-mode tangents, option "forward_ad"); or under "auto" no backend in the order can run the call (the message
             says why each was skipped).
         RuntimeError: an explicitly requested backend is unavailable here (extension not built,
             no CUDA device, Triton on CPU tensors without ``TRITON_INTERPRET=1``, ...).

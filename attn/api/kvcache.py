@@ -232,8 +232,9 @@ class KVCache:
         Raises:
             TypeError: ``layer`` is not an int, ``k`` is not a tensor, or as
                 :func:`attn.flash_attn_with_kvcache` (wrong dtypes, ...).
-            ValueError: ``layer`` out of range; ``k`` not 4-D; a sequence would exceed
-                ``max_seqlen``; or as :func:`attn.flash_attn_with_kvcache` (shapes, devices,
+            ValueError: ``layer`` out of range; ``k`` not 4-D; a 4-D ``q`` whose batch size is
+                not ``batch_size``; a sequence would exceed ``max_seqlen``; or as
+                :func:`attn.flash_attn_with_kvcache` (shapes, devices,
                 option values, unknown backend name).
             NotImplementedError: as :func:`attn.flash_attn_with_kvcache` (an option the backend
                 cannot honour, inputs that require grad).
@@ -242,6 +243,9 @@ class KVCache:
         """
         layer = self._layer("attend", layer)
         V.check_tensor("KVCache.attend", "k", k, rank=4)
+        if isinstance(q, torch.Tensor) and q.dim() == 4 and q.shape[0] != self.batch_size:
+            V._fail("KVCache.attend", "q", f"batch size {self.batch_size} (the cache's) in (B, L, H, D)",
+                    tuple(q.shape))
         self._reserve("attend", layer, k.shape[1])
         try:
             out = flash_attn_with_kvcache(q, self.k_caches[layer], self.v_caches[layer], k, v,

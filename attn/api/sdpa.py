@@ -34,14 +34,16 @@ def scaled_dot_product_attention(
       value head dim ``Ev``);
     * ``dropout_p > 0`` is refused (no backend implements dropout).
 
-    Differentiable w.r.t. ``query``, ``key`` and ``value`` on the backends with a backward
-    ("triton", "cpu", "torch", "reference"); a float ``attn_mask`` gets no gradient even if it
-    requires grad.
+    Differentiable w.r.t. ``query``, ``key``, ``value`` and a float ``attn_mask`` that requires
+    grad (its gradient summed over broadcast dims) on the backends with a backward ("triton",
+    "cpu", "torch", "reference"). Forward-mode AD (``torch.func.jvp``) runs on "reference" only
+    ("auto" picks it). Empty inputs (``B``, ``Sq`` or ``Sk`` = 0) give an empty output, or zeros
+    when ``Sk = 0``, as PyTorch does, without a kernel launch.
 
     Args:
-        query: ``(B, H, Sq, D)``, float16, bfloat16 or float32, ``B, Sq >= 1``,
+        query: ``(B, H, Sq, D)``, float16, bfloat16 or float32, ``B, Sq >= 0``,
             ``1 <= D <= 256``; any strides except that the last dim must be contiguous.
-        key: ``(B, Hkv, Sk, D)``, same dtype and device as ``query``, ``Sk >= 1``. ``Hkv`` must
+        key: ``(B, Hkv, Sk, D)``, same dtype and device as ``query``, ``Sk >= 0``. ``Hkv`` must
             equal ``H`` unless ``enable_gqa=True``; last dim contiguous.
         value: ``(B, Hkv, Sk, D)``, the same shape as ``key``, same dtype and device as
             ``query``; last dim contiguous.
@@ -77,7 +79,7 @@ def scaled_dot_product_attention(
             float16/bfloat16/float32, ``key``/``value`` dtype differs from ``query``'s,
             ``attn_mask`` is not a tensor or has a dtype other than bool or a float dtype, or
             ``scale``/``dropout_p`` has the wrong type.
-        ValueError: a wrong shape (not 4-D, empty batch or sequence, mismatched batch or head
+        ValueError: a wrong shape (not 4-D, mismatched batch or head
             dim, ``key``/``value`` shapes differ, different head counts without
             ``enable_gqa=True``, ``H % Hkv != 0``, ``D`` outside ``1..256``, a non-contiguous
             last dim, ``attn_mask`` with more than 4 dims or not broadcastable); a wrong device
@@ -86,7 +88,8 @@ def scaled_dot_product_attention(
             ``dropout_p`` outside ``[0, 1)``, ``attn_mask`` given with ``is_causal=True``); or
             ``backend`` is not a known name, "auto" or None.
         NotImplementedError: ``dropout_p > 0``; or the named backend cannot honour an option of
-            the call (the message names the backends that can); or under "auto" no backend can
+            the call (the message names the backends that can; only "reference" takes
+            forward-mode tangents, option "forward_ad"); or under "auto" no backend can
             run the call (the message says why each was skipped).
         RuntimeError: an explicitly requested backend is unavailable here.
     """

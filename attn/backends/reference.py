@@ -1,6 +1,7 @@
 """The "reference" backend: :func:`attn.reference.attention` (the O(N^2) oracle) in fp32, on any
-device, differentiable through autograd. It supports every option; it is the fallback of last
-resort and the yardstick of the parity tests."""
+device, differentiable through autograd in both modes (plain PyTorch ops, so ``torch.func.jvp``
+works: "forward_ad"). It supports every option; it is the fallback of last resort and the
+yardstick of the parity tests."""
 from __future__ import annotations
 
 import torch
@@ -10,12 +11,14 @@ from attn.core import cache_layout
 from attn.core.spec import AttentionSpec
 
 ALL_FORWARD = frozenset({"causal", "window_size", "softcap", "alibi_slopes", "attn_mask", "return_lse", "backward"})
+# Forward-mode AD needs plain PyTorch ops: the custom ops of the kernel backends have no jvp rule.
+FORWARD_AD = "forward_ad"
 
 
 class ReferenceBackend:
     name = "reference"
     devices = frozenset({"cpu", "cuda"})
-    capabilities = {"forward": ALL_FORWARD, "decode": ALL_FORWARD - {"attn_mask", "backward"}}
+    capabilities = {"forward": ALL_FORWARD | {FORWARD_AD}, "decode": ALL_FORWARD - {"attn_mask", "backward"}}
 
     def status(self, device_type: str):
         if device_type == "cuda" and not torch.cuda.is_available():

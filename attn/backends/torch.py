@@ -4,9 +4,10 @@ materializes nothing PyTorch would not; a call with such a bias runs in fp32 wha
 dtype (SDPA takes a float mask only in the inputs' dtype, and a 16-bit bias loses ALiBi far from the
 diagonal). It cannot express ``softcap`` or return the LSE.
 
-PyTorch's fused CPU SDPA kernels turn a NaN input row into zeros; attn documents that NaN
-propagates, so "torch" hands inputs that contain NaN to the reference formula (one O(B·S·H·D)
-check per input, against the O(B·H·Sq·Sk·D) attention).
+PyTorch's fused CPU SDPA kernels turn a query row holding NaN into zeros (NaN in K or V does
+propagate); attn documents that NaN propagates, so "torch" writes NaN into those rows afterwards
+(one O(B·S·H·D) ``isnan`` over ``q``). It is a tensor operation, not a Python branch on values, so
+``torch.compile(fullgraph=True)`` and ``torch.func.vmap`` trace it (docs/design.md §5).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from attn import reference
-from attn.backends.reference import ALL_FORWARD, REFERENCE
+from attn.backends.reference import ALL_FORWARD
 from attn.core.spec import AttentionSpec
 
 
@@ -29,8 +30,8 @@ class TorchSDPABackend:
         return None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec):
-        if any(torch.isnan(t).any() for t in (q, k, v)):
-            return REFERENCE.forward(q, k, v, spec)[0], None
+        # (B, Sq, H, 1): query rows SDPA would zero; they see at least one key unless ``dead`` below.
+        nan_rows = torch.isnan(q).any(dim=-1, keepdim=True)
         batch, seqlen_q, n_heads, _ = q.shape
         seqlen_k, n_kv_heads = k.shape[1], k.shape[2]
         qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
@@ -41,7 +42,7 @@ class TorchSDPABackend:
             out = F.scaled_dot_product_attention(
                 qt, kt, vt, is_causal=simple_causal, scale=spec.softmax_scale, enable_gqa=gqa
             )
-            return out.transpose(1, 2), None
+            return out.transpose(1, 2).masked_fill(nan_rows, float("nan")), None
         keep = reference.visibility(
             batch, seqlen_q, seqlen_k, causal=spec.causal, bottom_right=spec.bottom_right,
             window_size=spec.window_size, device=q.device,
@@ -61,8 +62,8 @@ class TorchSDPABackend:
         out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=bias, scale=spec.softmax_scale, enable_gqa=gqa)
         # SDPA yields NaN for rows that see no key; the contract says 0.
         dead = torch.isneginf(bias).all(dim=-1, keepdim=True).expand(out.shape[:-1] + (1,))
-        out = out.masked_fill(dead, 0.0).to(q.dtype)
-        return out.transpose(1, 2), None
+        out = out.transpose(1, 2).masked_fill(nan_rows, float("nan"))
+        return out.masked_fill(dead.transpose(1, 2), 0.0).to(q.dtype), None
 
 
 TORCH = TorchSDPABackend()

@@ -102,7 +102,8 @@ def check_attention_inputs(
     names: Sequence[str] = ("q", "k", "v"),
     dims: str = "(B, S, H, D)",
 ) -> None:
-    """Checks q, k, v in kernel-native layout ``q (B, Sq, H, D)``, ``k, v (B, Sk, Hkv, D)``."""
+    """Checks q, k, v in kernel-native layout ``q (B, Sq, H, D)``, ``k, v (B, Sk, Hkv, D)``;
+    ``B``, ``Sq`` and ``Sk`` may be 0 (an empty problem, as in PyTorch)."""
     qn, kn, vn = names
     for name, t in zip(names, (q, k, v)):
         check_tensor(fn, name, t, rank=4)
@@ -114,16 +115,10 @@ def check_attention_inputs(
         if t.device != q.device:
             _fail(fn, name, f"the same device as '{qn}' ({q.device})", t.device)
     batch, seqlen_q, n_heads, head_dim = q.shape
-    if batch < 1:
-        _fail(fn, qn, f"batch size >= 1 in {dims}", tuple(q.shape))
-    if seqlen_q < 1:
-        _fail(fn, qn, f"sequence length >= 1 in {dims}", tuple(q.shape))
     if k.shape != v.shape:
         _fail(fn, vn, f"the same shape as '{kn}' {tuple(k.shape)}", tuple(v.shape))
     if k.shape[0] != batch:
         _fail(fn, kn, f"batch size {batch} (from '{qn}') in {dims}", tuple(k.shape))
-    if k.shape[1] < 1:
-        _fail(fn, kn, f"sequence length >= 1 in {dims}", tuple(k.shape))
     if k.shape[3] != head_dim:
         _fail(fn, kn, f"head dim {head_dim} (from '{qn}') in {dims}", tuple(k.shape))
     if not 1 <= head_dim <= MAX_HEAD_DIM:
@@ -268,7 +263,7 @@ def check_kvcache_inputs(
             _fail(fn, name, "a contiguous last dimension (stride 1)", f"stride {t.stride(-1)}")
     if v_cache.shape != k_cache.shape:
         _fail(fn, "v_cache", f"the same shape as 'k_cache' {tuple(k_cache.shape)}", tuple(v_cache.shape))
-    if k_cache.shape[0] < 1 or k_cache.shape[1] < 1:
+    if (k_cache.shape[0] < 1 and batch > 0) or k_cache.shape[1] < 1:
         _fail(fn, "k_cache", "non-empty first two dims (B_cache, S_max) or (num_blocks, page_size)",
               tuple(k_cache.shape))
     if k_cache.shape[3] != head_dim:

@@ -55,7 +55,10 @@ def _weights_path(q, k, v, mask, dropout_p: float):
             scores = scores.masked_fill(~mask, float("-inf"))
         else:
             scores = scores + mask.float()
-    row_max = scores.amax(dim=-1, keepdim=True)
+    if scores.shape[-1] == 0:  # no keys (S = 0): amax has no identity; zero probabilities, output 0 as PyTorch
+        row_max = scores.new_zeros(scores.shape[:-1] + (1,))
+    else:
+        row_max = scores.amax(dim=-1, keepdim=True)
     row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
     probs = torch.exp(scores - row_max)
     denom = probs.sum(dim=-1, keepdim=True)
@@ -212,9 +215,11 @@ class MultiheadAttention(nn.MultiheadAttention):
 
         Raises:
             TypeError: ``query``, ``key`` or ``value`` is not a tensor, or its dtype differs
-                from the parameters' outside autocast; on the kernel path, a mask dtype other
-                than bool or float16/bfloat16/float32 (raised by
-                :func:`attn.scaled_dot_product_attention`, whose name the message carries).
+                from the parameters' outside autocast; ``key_padding_mask`` or ``attn_mask`` is
+                not a bool or floating-point tensor (integer masks are refused, as PyTorch
+                does; the message names the argument); on the kernel path, a float64 mask
+                (raised by :func:`attn.scaled_dot_product_attention`, whose name the message
+                carries).
             ValueError: ``query`` not 2-D or 3-D; ``key``/``value`` rank differs from
                 ``query``'s; a last dim other than ``embed_dim``/``kdim``/``vdim``; ``key`` and
                 ``value`` batch/sequence dims differ; batch sizes differ; an input not on the
@@ -226,6 +231,12 @@ class MultiheadAttention(nn.MultiheadAttention):
             RuntimeError: on the kernel path, the module's ``backend`` is unavailable here.
         """
         batched = self._check_inputs(query, key, value)
+        for name, mask in (("key_padding_mask", key_padding_mask), ("attn_mask", attn_mask)):
+            if mask is not None and (not isinstance(mask, torch.Tensor)
+                                     or not (mask.dtype == torch.bool or mask.is_floating_point())):
+                # PyTorch refuses integer masks too ("only bool and floating types of <name> are supported").
+                _fail(name, "a bool or floating-point tensor",
+                      mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__, TypeError)
         if not batched:
             query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
             if key_padding_mask is not None:

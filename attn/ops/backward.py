@@ -1,7 +1,7 @@
 """``attn::flash_attn_backward``: gradients of ``attn::flash_attn_forward`` (:mod:`attn.ops.forward`).
 
 ``(dout, q, k, v, out, lse, dlse, <options>, backend) -> (dq, dk, dv)``, by the launcher of
-``backend`` ("triton" or "reference"); ``dlse`` carries the gradient that reaches ``lse``.
+``backend`` ("triton"; "cpu" and "reference": the formulas of :mod:`attn.reference.fa2`); ``dlse`` carries the gradient that reaches ``lse``.
 """
 from __future__ import annotations
 

@@ -1,16 +1,19 @@
 """``attn::flash_attn_forward``: the differentiable forward, and its autograd registration.
 
 ``attn::flash_attn_forward(q, k, v, <options>, backend) -> (out, lse)`` runs the launcher of
-``backend`` ("triton": the kernels, or "reference": the FlashAttention-2 formulas in PyTorch of
-:mod:`attn.reference.fa2`, which also accepts fp64 for ``gradcheck``).
+``backend`` ("triton": the kernels; "cpu": the C++ forward, differentiated by the FlashAttention-2
+formulas; or "reference": the FlashAttention-2 formulas in PyTorch of :mod:`attn.reference.fa2`,
+which also accepts fp64 for ``gradcheck``).
 ``torch.library.register_autograd`` ties it to ``attn::flash_attn_backward``
 (:mod:`attn.ops.backward`), so the op is differentiable in eager mode, under AOTAutograd and under
 ``torch.library.opcheck``.
 
-Gradients flow to ``q``, ``k``, ``v`` only (through ``out`` and ``lse``). ``bias`` (the SDPA
-``attn_mask``) and ``alibi_slopes`` are inputs without gradient: a float mask that requires grad
-receives none. The backward is deterministic for every option (no atomics), so
-``AttentionSpec.deterministic`` needs no argument here.
+Gradients flow through ``out`` and ``lse`` to ``q``, ``k``, ``v`` (the backward op), and to
+``bias`` (the SDPA ``attn_mask``) and ``alibi_slopes`` when they require grad: both are additive
+terms of the scores, so their gradients are read off ``dS`` by
+:func:`attn.reference.fa2.bias_backward` in PyTorch, for every backend of the op (it materializes
+``(B, H, Sq, Sk)`` fp32, the size of a full mask's own gradient). The backward is deterministic for
+every option (no atomics), so ``AttentionSpec.deterministic`` needs no argument here.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from attn.core.spec import AttentionSpec
 from attn.ops.args import OPTION_NAMES, spec_args, spec_from_args
 from attn.ops.backward import flash_attn_backward
 from attn.ops.launchers import launcher
-from attn.reference.fa2 import compute_dtype
+from attn.reference.fa2 import bias_backward, compute_dtype
 
 
 @torch.library.custom_op("attn::flash_attn_forward", mutates_args=())
@@ -61,7 +64,13 @@ def _backward(ctx, dout, dlse):
     if dlse is None:
         dlse = torch.zeros_like(lse)
     dq, dk, dv = flash_attn_backward(dout, q, k, v, out, lse, dlse, bias, alibi_slopes, *ctx.options)
-    return (dq, dk, dv) + (None,) * (len(OPTION_NAMES) + 1)  # none for the options and backend
+    dbias = dslopes = None
+    if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
+        spec = spec_from_args(bias, alibi_slopes, *ctx.options[:-1])
+        dbias, dslopes = bias_backward(dout, q, k, v, out, lse, dlse, spec)
+        dbias = dbias.to(bias.dtype) if ctx.needs_input_grad[3] else None
+        dslopes = dslopes.to(alibi_slopes.dtype) if ctx.needs_input_grad[4] else None
+    return (dq, dk, dv, dbias, dslopes) + (None,) * (len(OPTION_NAMES) - 1)  # the other options, backend
 
 
 torch.library.register_autograd("attn::flash_attn_forward", _backward, setup_context=_setup_context)

@@ -1,10 +1,9 @@
-"""``attn::kernel_forward``: the forward of the C++ kernel backends ("cuda", "cuda-sim", "cpu").
+"""``attn::kernel_forward``: the forward of the CUDA C++ kernel backends ("cuda", "cuda-sim").
 
 Their launchers hand data pointers to a pybind11 extension, which ``torch.compile`` cannot trace;
 behind this op (with a fake implementation for shapes) a compiled graph holds the launch as one
 opaque node, without graph breaks. The op has no autograd formula: the CUDA backends have no
-backward, and the CPU backend differentiates its own recompute around the op
-(:mod:`attn.backends.cpu`).
+backward. (The "cpu" backend, which has one, runs its C++ forward as ``attn::flash_attn_forward``.)
 """
 from __future__ import annotations
 

@@ -17,11 +17,13 @@ import importlib
 _LAUNCHERS = {
     ("flash_attn_forward", "triton"): ("attn.triton.forward:attention_forward",),
     ("flash_attn_forward", "reference"): ("attn.reference.fa2:attention_forward",),
-    ("kernel_forward", "cpu"): ("attn.cpu.forward:attention_forward",),
+    ("flash_attn_forward", "cpu"): ("attn.cpu.forward:attention_forward",),
     ("kernel_forward", "cuda"): ("attn.cuda.forward:attention_forward", "attn.cuda.extension:CUDA_EXTENSION"),
     ("kernel_forward", "cuda-sim"): ("attn.cuda.forward:attention_forward", "attn.cuda.extension:CUDA_SIM_EXTENSION"),
     ("flash_attn_backward", "triton"): ("attn.triton.backward:attention_backward",),
     ("flash_attn_backward", "reference"): ("attn.reference.fa2:attention_backward",),
+    # No C++ backward yet: the CPU forward is differentiated by the FlashAttention-2 formulas (docs/design.md §5).
+    ("flash_attn_backward", "cpu"): ("attn.reference.fa2:attention_backward",),
     ("flash_attn_decode", "triton"): ("attn.triton.decode:attention_decode",),
     ("flash_attn_decode", "cpu"): ("attn.cpu.decode:attention_decode",),
     ("flash_attn_decode", "cuda"): ("attn.cuda.decode:attention_decode", "attn.cuda.extension:CUDA_EXTENSION"),

@@ -48,20 +48,26 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: A
     return out.transpose(1, 2).to(q.dtype).contiguous(), lse
 
 
+def _score_grads(dout, v, out, lse, dlse, scores: torch.Tensor, dtype: torch.dtype):
+    """-> ``p``, ``ds`` (B, H, Sq, Sk): the probabilities and the gradient w.r.t. the final scores
+    (after softcap, ALiBi and the additive bias), ``P * (dP - Delta)`` with ``Delta = rowsum(dO * O) - dLSE``."""
+    do, o = _heads(dout, 1, dtype), _heads(out, 1, dtype)  # (B, H, Sq, D)
+    p = _probs(scores, lse.to(dtype))
+    dp = torch.matmul(do, _heads(v, do.shape[1] // v.shape[2], dtype).transpose(-1, -2))  # (B, H, Sq, Sk)
+    delta = (do * o).sum(-1) - dlse.to(dtype)  # (B, H, Sq)
+    return p, p * (dp - delta.unsqueeze(-1))
+
+
 def attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
              lse: torch.Tensor, dlse: torch.Tensor, spec: AttentionSpec):
     """-> ``dq, dk, dv`` in the inputs' dtypes (see the module docstring for the formulas)."""
     dtype = compute_dtype(q.dtype)
     batch, seqlen_k, n_kv_heads, head_dim = k.shape
     group = q.shape[2] // n_kv_heads
-    qc, kc, vc = _heads(q, 1, dtype), _heads(k, group, dtype), _heads(v, group, dtype)
-    do, o = _heads(dout, 1, dtype), _heads(out, 1, dtype)  # (B, H, Sq, D)
+    qc, kc = _heads(q, 1, dtype), _heads(k, group, dtype)
 
-    p = _probs(_scores(q, k, spec, dtype), lse.to(dtype))  # (B, H, Sq, Sk)
-    dv = torch.matmul(p.transpose(-1, -2), do)  # (B, H, Sk, D)
-    dp = torch.matmul(do, vc.transpose(-1, -2))  # (B, H, Sq, Sk)
-    delta = (do * o).sum(-1) - dlse.to(dtype)  # (B, H, Sq)
-    ds = p * (dp - delta.unsqueeze(-1))
+    p, ds = _score_grads(dout, v, out, lse, dlse, _scores(q, k, spec, dtype), dtype)
+    dv = torch.matmul(p.transpose(-1, -2), _heads(dout, 1, dtype))  # (B, H, Sk, D)
     if spec.softcap > 0:
         raw = torch.matmul(qc, kc.transpose(-1, -2)) * spec.softmax_scale
         ds = ds * (1 - torch.tanh(raw / spec.softcap) ** 2)
@@ -73,3 +79,24 @@ def attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
 
     return (dq.transpose(1, 2).to(q.dtype).contiguous(), per_kv_head(dk).to(k.dtype).contiguous(),
             per_kv_head(dv).to(v.dtype).contiguous())
+
+
+def bias_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                  lse: torch.Tensor, dlse: torch.Tensor, spec: AttentionSpec):
+    """Gradients of the additive terms of the scores -> ``dbias (B, H, Sq, Sk)`` (None without a
+    bias) and ``dalibi_slopes (B, H)`` (None without ALiBi), in the compute dtype.
+
+    Both are added after softcap (docs/design.md §3), so both are read off ``dS`` itself: the bias
+    gradient is ``dS`` (autograd sums it over the bias's broadcast dims), a slope's is
+    ``-sum_ij dS_ij * |i + off - j|``. Materializes ``(B, H, Sq, Sk)`` in the compute dtype.
+    """
+    dtype = compute_dtype(q.dtype)
+    _, ds = _score_grads(dout, v, out, lse, dlse, _scores(q, k, spec, dtype), dtype)
+    dbias = ds if spec.bias is not None else None
+    dslopes = None
+    if spec.alibi_slopes is not None:
+        batch, seqlen_q, n_heads, _ = q.shape
+        distance = reference.alibi_bias(torch.ones(n_heads, dtype=dtype, device=q.device), batch, n_heads, seqlen_q,
+                                        k.shape[1], bottom_right=spec.bottom_right, dtype=dtype)  # -|i + off - j|
+        dslopes = (ds * distance).sum((-1, -2))
+    return dbias, dslopes
