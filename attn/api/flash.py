@@ -118,19 +118,12 @@ def flash_attn_func(
 
     Raises:
         TypeError: ``q``, ``k`` or ``v`` is not a tensor or has an unsupported dtype, ``k``/``v``
-<<<<<<< HEAD
             dtype differs from ``q``'s, ``alibi_slopes`` is not float32, ``softmax_scale``,
             ``softcap``, ``dropout_p`` or ``window_size`` has the wrong type (a bool, a tensor
             that is not 0-d or requires grad, a float where an int is needed, a
             ``window_size`` that is not two values), or a flag has no truth value (e.g. a
             tensor of several elements).
-        ValueError: a wrong shape (not 4-D, empty batch or sequence, mismatched batch or head
-=======
-            dtype differs from ``q``'s, ``alibi_slopes`` is not float32, or ``softmax_scale``,
-            ``softcap``, ``dropout_p`` or ``window_size`` has the wrong type (``window_size``
-            must be a pair of ints; bools are refused).
         ValueError: a wrong shape (not 4-D, mismatched batch or head
->>>>>>> i15b
             dim, ``k``/``v`` shapes differ, ``H % Hkv != 0``, ``D`` outside ``1..256``, a
             non-contiguous last dim, ``alibi_slopes`` not ``(H,)``/``(B, H)``); a wrong device
             (``k``, ``v`` or ``alibi_slopes`` not on ``q``'s device, or a named backend that
