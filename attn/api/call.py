@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from attn.backends import registry
-from attn.core.spec import AttentionSpec
+from attn.core.spec import AttentionSpec, input_options
 
 
 def needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
@@ -25,5 +25,6 @@ def used_options(spec: AttentionSpec, *inputs: Optional[torch.Tensor]) -> list[s
 def run_forward(fn: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec,
                 backend: Optional[str]):
     """``(out, lse)`` of the forward on the backend that ``backend`` names or "auto" picks."""
-    impl = registry.select(fn, backend, q.device.type, "forward", used_options(spec, q, k, v))
+    options = used_options(spec, q, k, v) + input_options(q, k, v)
+    impl = registry.select(fn, backend, q.device.type, "forward", options)
     return impl.forward(q, k, v, spec)

@@ -1,6 +1,7 @@
 """``scaled_dot_product_attention``: PyTorch's SDPA signature and semantics on attn's kernels."""
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -92,25 +93,85 @@ def scaled_dot_product_attention(
     """
     fn = "scaled_dot_product_attention"
     for name, t in (("query", query), ("key", key), ("value", value)):
-        V.check_tensor(fn, name, t, rank=4)
-    q, k, v = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
-    V.check_attention_inputs(fn, q, k, v, names=("query", "key", "value"), dims="(B, H, S, D)")
-    if q.shape[2] != k.shape[2] and not enable_gqa:
-        raise ValueError(
-            f"{fn}: argument 'key' expected {q.shape[2]} heads like 'query' (pass enable_gqa=True "
-            f"for grouped-query attention), got {k.shape[2]}"
+        V.check_tensor(fn, name, t)
+        if t.dim() < 2:
+            raise ValueError(f"{fn}: argument '{name}' expected at least 2 dims (..., L, E), got {t.dim()}-D "
+                             f"tensor of shape {tuple(t.shape)}")
+    device_type = query.device.type
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+        # torch.autocast puts SDPA in its lower-precision list: every floating input but fp64
+        # (the mask included) is cast first, and the op runs with autocast off.
+        dtype = torch.get_autocast_dtype(device_type)
+        query, key, value, attn_mask = (
+            t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64 else t
+            for t in (query, key, value, attn_mask)
         )
+        with torch.autocast(device_type, enabled=False):
+            return _attention(fn, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend)
+    return _attention(fn, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend)
+
+
+def _heads(t: torch.Tensor) -> int:
+    return t.shape[-3] if t.dim() >= 3 else 1
+
+
+def _batch_dims(fn: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                enable_gqa: bool) -> tuple[tuple[int, ...], int, int, tuple[int, ...]]:
+    """``(lead, H, Hkv, out_batch)``: the broadcast batch dims before the head dim, the query and
+    key/value head counts the kernels see, and the output's dims before ``(L, Ev)``."""
+    n_heads, n_k_heads, n_v_heads = _heads(query), _heads(key), _heads(value)
+    try:
+        if enable_gqa and n_heads != n_k_heads:
+            if n_heads % n_k_heads or n_heads % n_v_heads:
+                raise ValueError(
+                    f"{fn}: argument 'key' expected a number of heads dividing the {n_heads} heads of 'query' "
+                    f"(enable_gqa=True), got {n_k_heads} (and {n_v_heads} for 'value')"
+                )
+            lead = torch.broadcast_shapes(query.shape[:-3], key.shape[:-3], value.shape[:-3])
+            out_batch = (*lead, n_heads)
+        else:
+            out_batch = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+            lead, n_heads = (out_batch[:-1], out_batch[-1]) if out_batch else ((), 1)
+    except RuntimeError:  # broadcast_shapes: the batch dims do not broadcast
+        hint = "" if enable_gqa else " (pass enable_gqa=True for grouped-query attention)"
+        raise ValueError(
+            f"{fn}: argument 'key' expected batch and head dims broadcastable with 'query' {tuple(query.shape[:-2])} "
+            f"and 'value' {tuple(value.shape[:-2])}{hint}, got {tuple(key.shape[:-2])}"
+        ) from None
+    n_kv_heads = n_k_heads if n_k_heads == n_v_heads else n_heads
+    return tuple(lead), n_heads, n_kv_heads, tuple(out_batch)
+
+
+def _kernel_layout(t: torch.Tensor, lead: tuple[int, ...], heads: int) -> torch.Tensor:
+    """``(..., h, S, E)`` -> ``(prod(lead), S, heads, E)``: batch dims broadcast and flattened,
+    ``h`` broadcast (h = 1) or repeated (GQA with different key and value head counts) to
+    ``heads``; a view unless flattening broadcast dims or a strided last dim needs a copy."""
+    if t.stride(-1) != 1 and t.shape[-1] > 1:
+        t = t.contiguous()
+    if 1 < _heads(t) < heads:
+        t = t.repeat_interleave(heads // _heads(t), dim=-3)
+    t = t.expand(*lead, heads, *t.shape[-2:])
+    return t.reshape(math.prod(lead), heads, *t.shape[-2:]).transpose(1, 2)
+
+
+def _attention(fn, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, backend):
+    lead, n_heads, n_kv_heads, out_batch = _batch_dims(fn, query, key, value, enable_gqa)
+    q, k, v = _kernel_layout(query, lead, n_heads), _kernel_layout(key, lead, n_kv_heads), \
+        _kernel_layout(value, lead, n_kv_heads)
+    V.check_attention_inputs(fn, q, k, v, names=("query", "key", "value"), dims="(..., H, S, D)",
+                             dtypes=V.SUPPORTED_DTYPES + (torch.float64,), max_head_dim=None, value_head_dim=True)
     if V.check_dropout(fn, "dropout_p", dropout_p) > 0:
         raise NotImplementedError(f"{fn}: option 'dropout_p' > 0 is not supported by any backend yet")
     if is_causal and attn_mask is not None:
         raise ValueError(f"{fn}: argument 'attn_mask' expected None when is_causal=True, got a mask")
-    batch, seqlen_q, n_heads, _ = q.shape
+    seqlen_q, seqlen_k = q.shape[1], k.shape[1]
+    bias = V.check_attn_mask(fn, attn_mask, (*lead, n_heads, seqlen_q, seqlen_k), q)
     spec = AttentionSpec(
         softmax_scale=V.check_scale(fn, "scale", scale, q.shape[-1]),
         causal=bool(is_causal),
         window_right=0 if is_causal else -1,
         bottom_right=False,
-        bias=V.check_attn_mask(fn, attn_mask, (batch, n_heads, seqlen_q, k.shape[1]), q),
+        bias=None if bias is None else bias.reshape(q.shape[0], n_heads, seqlen_q, seqlen_k),
     )
     out, _ = run_forward(fn, q, k, v, spec, backend)
-    return out.transpose(1, 2)
+    return out.transpose(1, 2).reshape(*out_batch, seqlen_q, v.shape[-1])
