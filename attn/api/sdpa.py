@@ -25,14 +25,18 @@ def scaled_dot_product_attention(
 ) -> torch.Tensor:
     """PyTorch's ``torch.nn.functional.scaled_dot_product_attention`` on attn's kernels.
 
-    Same signature and masking semantics as PyTorch SDPA (``(B, H, S, D)`` layout, ``is_causal``
-    **top-left aligned**: query ``i`` sees keys ``j <= i``, whatever ``Sq`` and ``Sk``), computed
-    with an fp32 softmax and accumulation, output in the input dtype. Differences from PyTorch:
+    Same signature and masking semantics as PyTorch SDPA (``(..., H, L, E)`` inputs of any rank
+    >= 2 whose batch dims broadcast, ``is_causal`` **top-left aligned**: query ``i`` sees keys
+    ``j <= i``, whatever ``Sq`` and ``Sk``), computed with an fp32 softmax and accumulation
+    (fp64 for fp64 inputs), output in the input dtype, laid out in memory like PyTorch's (it
+    follows ``query``'s layout). Under ``torch.autocast`` floating inputs other than fp64 (and a
+    float mask) are first cast to the autocast dtype, as PyTorch does. fp64 inputs, ``Ev != E``
+    and head dims above 256 run on "torch" or "reference" (the kernels do not take them).
+    Differences from PyTorch (docs/design.md §2):
 
     * a query row whose keys are all masked outputs 0 instead of NaN (NaN inputs still
       propagate);
-    * inputs must be exactly 4-D, and ``value`` must have the same shape as ``key`` (no separate
-      value head dim ``Ev``);
+    * ``key`` and ``value`` must have the same sequence length;
     * ``dropout_p > 0`` is refused (no backend implements dropout).
 
     Differentiable w.r.t. ``query``, ``key`` and ``value`` on the backends with a backward
@@ -40,15 +44,16 @@ def scaled_dot_product_attention(
     requires grad.
 
     Args:
-        query: ``(B, H, Sq, D)``, float16, bfloat16 or float32, ``B, Sq >= 1``,
-            ``1 <= D <= 256``; any strides except that the last dim must be contiguous.
-        key: ``(B, Hkv, Sk, D)``, same dtype and device as ``query``, ``Sk >= 1``. ``Hkv`` must
-            equal ``H`` unless ``enable_gqa=True``; last dim contiguous.
-        value: ``(B, Hkv, Sk, D)``, the same shape as ``key``, same dtype and device as
-            ``query``; last dim contiguous.
-        attn_mask: Optional mask broadcastable (PyTorch broadcasting, at most 4 dims) to
-            ``(B, H, Sq, Sk)``, on ``query``'s device. ``torch.bool``: True = attend (PyTorch SDPA
-            convention, the opposite of ``nn.MultiheadAttention``'s); float16/bfloat16/float32:
+        query: ``(..., H, Sq, D)`` (at least 2 dims; ``(Sq, D)`` is one head), float16,
+            bfloat16, float32 or float64, ``Sq >= 1``, ``D >= 1``; any strides.
+        key: ``(..., Hkv, Sk, D)``, same dtype and device as ``query``, ``Sk >= 1``; batch
+            dims broadcastable with ``query``'s. ``Hkv`` must be 1 or ``H`` unless
+            ``enable_gqa=True``.
+        value: ``(..., Hkv_v, Sk, Ev)``, same dtype and device, same ``Sk`` as ``key``; any
+            ``Ev >= 1``.
+        attn_mask: Optional mask broadcastable (PyTorch broadcasting, at most as many dims as
+            the output's scores) to ``(..., H, Sq, Sk)``, on ``query``'s device. ``torch.bool``: True = attend (PyTorch SDPA
+            convention, the opposite of ``nn.MultiheadAttention``'s); a float dtype:
             added to the scaled scores (``-inf`` masks). Default None. Must be None when
             ``is_causal=True``.
         dropout_p: Dropout probability in ``[0, 1)``. Default 0.0; any value > 0 raises
@@ -70,18 +75,18 @@ def scaled_dot_product_attention(
             :func:`attn.available_backends` lists which work here.
 
     Returns:
-        ``(B, H, Sq, D)`` tensor in ``query``'s dtype (not necessarily contiguous: most
-        backends return a transposed view of a ``(B, Sq, H, D)`` buffer).
+        ``(..., H, Sq, Ev)`` tensor (the broadcast batch dims) in ``query``'s dtype (the
+        autocast dtype under ``torch.autocast``), laid out like PyTorch's output.
 
     Raises:
         TypeError: ``query``, ``key`` or ``value`` is not a tensor or has a dtype other than
-            float16/bfloat16/float32, ``key``/``value`` dtype differs from ``query``'s,
+            float16/bfloat16/float32/float64, ``key``/``value`` dtype differs from ``query``'s,
             ``attn_mask`` is not a tensor or has a dtype other than bool or a float dtype, or
             ``scale``/``dropout_p`` has the wrong type.
-        ValueError: a wrong shape (not 4-D, empty batch or sequence, mismatched batch or head
-            dim, ``key``/``value`` shapes differ, different head counts without
-            ``enable_gqa=True``, ``H % Hkv != 0``, ``D`` outside ``1..256``, a non-contiguous
-            last dim, ``attn_mask`` with more than 4 dims or not broadcastable); a wrong device
+        ValueError: a wrong shape (fewer than 2 dims, empty batch or sequence, batch dims that
+            do not broadcast, different head counts without ``enable_gqa=True``,
+            ``H % Hkv != 0``, mismatched head dim or ``key``/``value`` sequence length,
+            ``attn_mask`` with too many dims or not broadcastable); a wrong device
             (``key``, ``value`` or ``attn_mask`` not on ``query``'s device, or a named backend
             that does not run on that device type); a wrong value (non-finite ``scale``,
             ``dropout_p`` outside ``[0, 1)``, ``attn_mask`` given with ``is_causal=True``); or

@@ -11,7 +11,6 @@ from typing import Optional
 
 import torch
 
-
 # Options that come from the tensors rather than the spec (docs/design.md §2): the kernels take
 # fp16/bf16/fp32, head dims up to 256 and a value head dim equal to the query/key head dim.
 FLOAT64 = "float64"
