@@ -1,7 +1,7 @@
 """The "reference" backend: :func:`attn.reference.attention` (the O(N^2) oracle) in fp32, on any
-device, differentiable through autograd; fp64 inputs are computed in fp64. Its output is laid out
-in memory like the query, as the kernels' (docs/design.md §2). It supports every option; it is the fallback of last
-resort and the yardstick of the parity tests."""
+device, differentiable through autograd; fp64 inputs are computed in fp64. Its output is laid
+out in memory like the query, as the kernels' (docs/design.md §2). It supports every option; it
+is the fallback of last resort and the yardstick of the parity tests."""
 from __future__ import annotations
 
 import torch

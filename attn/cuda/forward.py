@@ -12,8 +12,9 @@ from attn.cuda.extension import DTYPE_CODES, KernelExtension, aligned, kernel_he
 
 def attention_forward(ext: KernelExtension, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec):
     """fp16/bf16 ``q (B, Sq, H, D)``, ``k, v (B, Sk, Hkv, D)`` (any strides, last dim contiguous)
-    -> ``out (B, Sq, H, D)`` in q's dtype, laid out in memory like ``q``, ``lse (B, H, Sq)`` fp32. Head dims without a
-    compiled kernel are zero-padded to the next one (the caller checked that one exists)."""
+    -> ``out (B, Sq, H, D)`` in q's dtype, laid out in memory like ``q``, ``lse (B, H, Sq)`` fp32.
+    Head dims without a compiled kernel are zero-padded to the next one (the caller checked that
+    one exists)."""
     batch, seqlen_q, n_heads, head_dim = q.shape
     seqlen_k, n_kv_heads = k.shape[1], k.shape[2]
     kernel_dim = kernel_head_dim(ext, head_dim)
