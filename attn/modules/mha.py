@@ -261,7 +261,7 @@ class MultiheadAttention(nn.MultiheadAttention):
                 chosen backend cannot honour the call (the message names the backends that can).
             RuntimeError: on the kernel path, the module's ``backend`` is unavailable here.
         """
-        if query.is_nested or key.is_nested or value.is_nested:
+        if any(isinstance(t, torch.Tensor) and t.is_nested for t in (query, key, value)):
             return self._forward_nested(query, key, value, key_padding_mask, need_weights, attn_mask,
                                         average_attn_weights, is_causal)
         batched = self._check_inputs(query, key, value)
