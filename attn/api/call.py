@@ -7,7 +7,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 from attn.backends import registry
-from attn.core.spec import AttentionSpec
+from attn.core.spec import AttentionSpec, input_options
 from attn.reference import fa2
 
 
@@ -43,7 +43,8 @@ def run_forward(fn: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec
     or zeros with ``lse = -inf`` when there are no keys, computed by the PyTorch formulas of
     :mod:`attn.reference.fa2` (differentiable, zero gradients) after the backend is chosen, so an
     explicit backend still refuses the options it lacks."""
-    impl = registry.select(fn, backend, q.device.type, "forward", used_options(spec, q, k, v))
+    options = used_options(spec, q, k, v) + input_options(q, k, v)
+    impl = registry.select(fn, backend, q.device.type, "forward", options)
     if q.shape[0] == 0 or q.shape[1] == 0 or k.shape[1] == 0:
         return fa2.attention_forward(q, k, v, spec)
     return impl.forward(q, k, v, spec)

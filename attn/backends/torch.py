@@ -16,13 +16,13 @@ import torch.nn.functional as F
 
 from attn import reference
 from attn.backends.reference import ALL_FORWARD
-from attn.core.spec import AttentionSpec
+from attn.core.spec import INPUT_OPTIONS, AttentionSpec
 
 
 class TorchSDPABackend:
     name = "torch"
     devices = frozenset({"cpu", "cuda"})
-    capabilities = {"forward": ALL_FORWARD - {"softcap", "return_lse"}}
+    capabilities = {"forward": (ALL_FORWARD | INPUT_OPTIONS) - {"softcap", "return_lse"}}
 
     def status(self, device_type: str):
         if device_type == "cuda" and not torch.cuda.is_available():

@@ -22,6 +22,43 @@ def empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
     return t
 
 
+def _memory_order(t: torch.Tensor) -> list[int]:
+    """The dims of ``t (B, S, H, D)`` from outermost to innermost in memory, decided as PyTorch
+    decides an output's layout from an input's: an insertion sort by stride in which broadcast
+    (stride 0) and size-1 dims compare as ambiguous and keep their place, starting from SDPA's
+    logical order ``(B, H, S)``; ``D`` is always innermost (the kernels need it contiguous)."""
+    def ordered(a: int, b: int) -> bool:  # False only when a must move inside b
+        if min(t.stride(a), t.stride(b)) == 0 or min(t.shape[a], t.shape[b]) == 1:
+            return True
+        return t.stride(a) >= t.stride(b)
+    order = [0, 2, 1]
+    for i in range(1, len(order)):
+        j = i
+        while j > 0 and not ordered(order[j - 1], order[j]):
+            order[j - 1], order[j] = order[j], order[j - 1]
+            j -= 1
+    return order + [3]
+
+
+def _inverse(order: list[int]) -> list[int]:
+    return sorted(range(len(order)), key=order.__getitem__)
+
+
+def empty_in_layout_of(like: torch.Tensor, shape, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`empty` of the 4-D ``shape`` with its dims ordered in memory as ``like``'s are (PyTorch SDPA's
+    output follows its query's layout, docs/design.md §2): kernels write through the strides, so
+    a ``(B, H, S, D)`` query gets an output that is contiguous once transposed back, at no copy."""
+    order = _memory_order(like)
+    return empty([shape[d] for d in order], dtype, like.device).permute(_inverse(order))
+
+
+def in_layout_of(like: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``t`` (same rank as ``like``) with its dims ordered in memory as ``like``'s (a copy unless
+    they already are); out of place, so autograd and ``torch.func`` transforms see it."""
+    order = _memory_order(like)
+    return t.permute(order).contiguous().permute(_inverse(order))
+
+
 @contextlib.contextmanager
 def poison_outputs(enabled: bool = True) -> Iterator[None]:
     global _poison

@@ -11,6 +11,26 @@ from typing import Optional
 
 import torch
 
+# Options that come from the tensors rather than the spec (docs/design.md §2): the kernels take
+# fp16/bf16/fp32, head dims up to 256 and a value head dim equal to the query/key head dim.
+FLOAT64 = "float64"
+VALUE_HEAD_DIM = "value_head_dim"
+HEAD_DIM_OVER_256 = "head_dim>256"
+INPUT_OPTIONS = frozenset({FLOAT64, VALUE_HEAD_DIM, HEAD_DIM_OVER_256})
+
+
+def input_options(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> list[str]:
+    """Names of the :data:`INPUT_OPTIONS` that ``q (B, Sq, H, D)``, ``k (B, Sk, Hkv, D)`` and
+    ``v (B, Sk, Hkv, Dv)`` use (for capability checks, next to :meth:`AttentionSpec.options_in_use`)."""
+    used = []
+    if q.dtype == torch.float64:
+        used.append(FLOAT64)
+    if v.shape[-1] != q.shape[-1]:
+        used.append(VALUE_HEAD_DIM)
+    if max(q.shape[-1], v.shape[-1]) > 256:
+        used.append(HEAD_DIM_OVER_256)
+    return used
+
 
 @dataclass(frozen=True)
 class AttentionSpec:

@@ -101,28 +101,40 @@ def check_attention_inputs(
     v: torch.Tensor,
     names: Sequence[str] = ("q", "k", "v"),
     dims: str = "(B, S, H, D)",
+    *,
+    dtypes: Sequence[torch.dtype] = SUPPORTED_DTYPES,
+    max_head_dim: Optional[int] = MAX_HEAD_DIM,
+    value_head_dim: bool = False,
 ) -> None:
     """Checks q, k, v in kernel-native layout ``q (B, Sq, H, D)``, ``k, v (B, Sk, Hkv, D)``;
-    ``B``, ``Sq`` and ``Sk`` may be 0 (an empty problem, as in PyTorch)."""
+    ``B``, ``Sq`` and ``Sk`` may be 0 (an empty problem, as in PyTorch).
+
+    ``dtypes``, ``max_head_dim`` (None: unbounded) and ``value_head_dim`` (``v``'s last dim may
+    differ from ``k``'s) widen the checks for :func:`attn.scaled_dot_product_attention`, whose
+    extra cases are routed to the backends that take them (docs/design.md §2)."""
     qn, kn, vn = names
     for name, t in zip(names, (q, k, v)):
         check_tensor(fn, name, t, rank=4)
-        if t.dtype not in SUPPORTED_DTYPES:
-            _fail(fn, name, "dtype float16, bfloat16 or float32", t.dtype, TypeError)
+        if t.dtype not in dtypes:
+            *first, last = (str(d).replace("torch.", "") for d in dtypes)
+            _fail(fn, name, f"dtype {', '.join(first)} or {last}", t.dtype, TypeError)
     for name, t in ((kn, k), (vn, v)):
         if t.dtype != q.dtype:
             _fail(fn, name, f"the same dtype as '{qn}' ({q.dtype})", t.dtype, TypeError)
         if t.device != q.device:
             _fail(fn, name, f"the same device as '{qn}' ({q.device})", t.device)
     batch, seqlen_q, n_heads, head_dim = q.shape
-    if k.shape != v.shape:
-        _fail(fn, vn, f"the same shape as '{kn}' {tuple(k.shape)}", tuple(v.shape))
+    if k.shape[:3] != v.shape[:3] or (not value_head_dim and k.shape != v.shape):
+        same = "batch, sequence and head dims" if value_head_dim else "shape"
+        _fail(fn, vn, f"the same {same} as '{kn}' {tuple(k.shape)}", tuple(v.shape))
     if k.shape[0] != batch:
         _fail(fn, kn, f"batch size {batch} (from '{qn}') in {dims}", tuple(k.shape))
     if k.shape[3] != head_dim:
         _fail(fn, kn, f"head dim {head_dim} (from '{qn}') in {dims}", tuple(k.shape))
-    if not 1 <= head_dim <= MAX_HEAD_DIM:
-        _fail(fn, qn, f"head dim in 1..{MAX_HEAD_DIM}", head_dim)
+    if head_dim < 1 or (max_head_dim is not None and head_dim > max_head_dim):
+        _fail(fn, qn, f"head dim in 1..{max_head_dim}" if max_head_dim else "head dim >= 1", head_dim)
+    if v.shape[3] < 1:
+        _fail(fn, vn, "head dim >= 1", v.shape[3])
     n_kv_heads = k.shape[2]
     if n_kv_heads < 1 or n_heads % n_kv_heads != 0:
         _fail(fn, kn, f"a number of heads dividing the {n_heads} heads of '{qn}'", n_kv_heads)
@@ -189,9 +201,10 @@ def check_alibi(fn: str, alibi_slopes: Optional[torch.Tensor], q: torch.Tensor, 
 
 
 def check_attn_mask(
-    fn: str, attn_mask: Optional[torch.Tensor], shape: tuple[int, int, int, int], q: torch.Tensor
+    fn: str, attn_mask: Optional[torch.Tensor], shape: tuple[int, ...], q: torch.Tensor
 ) -> Optional[torch.Tensor]:
-    """Checks an SDPA-style mask and returns it as an additive fp32 bias of 4 dims.
+    """Checks an SDPA-style mask and returns it as an additive bias of ``shape`` (``(B, H, Sq, Sk)``
+    or ``(..., H, Sq, Sk)``): fp32, or fp64 for an fp64 mask.
 
     The result is an ``expand`` view (stride 0 on broadcast dims), never a copy of the
     broadcast shape.
@@ -201,11 +214,11 @@ def check_attn_mask(
     check_tensor(fn, "attn_mask", attn_mask)
     if attn_mask.device != q.device:
         _fail(fn, "attn_mask", f"device {q.device}", attn_mask.device)
-    if attn_mask.dtype != torch.bool and attn_mask.dtype not in SUPPORTED_DTYPES:
+    if attn_mask.dtype != torch.bool and not attn_mask.dtype.is_floating_point:
         _fail(fn, "attn_mask", "dtype bool or a float dtype", attn_mask.dtype, TypeError)
-    if attn_mask.dim() > 4:
-        _fail(fn, "attn_mask", "at most 4 dims, broadcastable to (B, H, Sq, Sk)", tuple(attn_mask.shape))
-    padded = (1,) * (4 - attn_mask.dim()) + tuple(attn_mask.shape)
+    if attn_mask.dim() > len(shape):
+        _fail(fn, "attn_mask", f"at most {len(shape)} dims, broadcastable to {shape}", tuple(attn_mask.shape))
+    padded = (1,) * (len(shape) - attn_mask.dim()) + tuple(attn_mask.shape)
     for got, want in zip(padded, shape):
         if got not in (1, want):
             _fail(fn, "attn_mask", f"a shape broadcastable to {shape}", tuple(attn_mask.shape))
@@ -214,7 +227,7 @@ def check_attn_mask(
         bias = torch.zeros(padded, dtype=torch.float32, device=mask.device)
         bias.masked_fill_(~mask, float("-inf"))
     else:
-        bias = mask.float()
+        bias = mask if mask.dtype == torch.float64 else mask.float()
     return bias.expand(shape)
 
 

@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from attn.core.alloc import empty
+from attn.core.alloc import empty, empty_in_layout_of
 from attn.core.kernel_params import forward_params, set_tensor
 from attn.core.spec import AttentionSpec
 from attn.cpu import _cpu
@@ -15,9 +15,9 @@ from attn.cpu.isa import resolve_isa
 def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec,
                       isa: Optional[str] = None):
     """``q (B, Sq, H, D)``, ``k, v (B, Sk, Hkv, D)`` (any strides, last dim contiguous)
-    -> ``out (B, Sq, H, D)`` contiguous in q's dtype, ``lse (B, H, Sq)`` fp32."""
+    -> ``out (B, Sq, H, D)`` in q's dtype, laid out in memory like ``q``, ``lse (B, H, Sq)`` fp32."""
     batch, seqlen_q, n_heads, head_dim = q.shape
-    out = empty((batch, seqlen_q, n_heads, head_dim), q.dtype, q.device)
+    out = empty_in_layout_of(q, (batch, seqlen_q, n_heads, head_dim), q.dtype)
     lse = empty((batch, n_heads, seqlen_q), torch.float32, q.device)
     p = forward_params(_cpu, q, k, v, out, lse, spec)
     bias = spec.bias

@@ -6,6 +6,7 @@ is the parent's, so ``load_state_dict(torch_mha.state_dict(), strict=True)`` loa
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
@@ -68,6 +69,14 @@ def _weights_path(q, k, v, mask, dropout_p: float):
     return torch.matmul(probs.to(v.dtype), v), probs
 
 
+def _route_to_attn(module: nn.Module, args: tuple) -> None:
+    """A forward pre-hook that changes nothing. ``nn.TransformerEncoderLayer`` skips its fused
+    inference fast path (which reads this module's weights and never calls it) when any submodule
+    has a forward hook, so with this hook attached the layer calls :meth:`MultiheadAttention.forward`
+    and attn's kernels run: a user who swaps the module in gets what they asked for."""
+    return None
+
+
 class MultiheadAttention(nn.MultiheadAttention):
     """Drop-in ``torch.nn.MultiheadAttention`` whose attention runs on attn's kernels.
 
@@ -91,9 +100,21 @@ class MultiheadAttention(nn.MultiheadAttention):
       applies dropout to the probabilities like PyTorch.
 
     Inside ``nn.TransformerEncoderLayer``: in inference (eval mode, no grad, batch_first, ...)
-    PyTorch's fast path calls its fused native kernel with this module's weights and never
-    calls this module. Disable it with ``torch.backends.mha.set_fastpath_enabled(False)`` to run
-    attn's kernels there; the outputs agree either way.
+    PyTorch's fast path would call its fused native kernel with this module's weights and never
+    call this module. The module registers a no-op forward pre-hook, which makes the layer skip
+    that fast path, so attn's kernels run there too (PyTorch's own fast path needs the
+    module to have no hooks; remove the hook from ``_forward_pre_hooks`` to get it back).
+
+    NestedTensor inputs: self-attention (``query is key is value``) with ``batch_first=True``
+    and no masks, as PyTorch's fast path takes them; the sequences are padded, masked with a
+    key padding mask, and the output is a NestedTensor of the same lengths (weights, if
+    requested, are padded ``(B, L_max, L_max)`` with zeros, as PyTorch's).
+
+    ``torch.jit.script`` cannot compile this forward (backend selection and validation are
+    Python); scripting the module (alone or inside a model) yields PyTorch's own
+    ``nn.MultiheadAttention`` sharing these parameters, with a warning: the scripted model
+    computes PyTorch's attention, not attn's kernels. ``torch.jit.trace`` and ``torch.compile``
+    keep attn's kernels.
 
     Args:
         embed_dim: Model width ``E``; query feature size and output size.
@@ -149,6 +170,21 @@ class MultiheadAttention(nn.MultiheadAttention):
             device=device, dtype=dtype,
         )
         self.backend = backend
+        self.register_forward_pre_hook(_route_to_attn)
+
+    def __prepare_scriptable__(self) -> nn.MultiheadAttention:
+        """What ``torch.jit.script`` compiles instead of this module (see the class docstring)."""
+        warnings.warn(
+            "attn.MultiheadAttention: torch.jit.script cannot compile attn's forward (backend selection is "
+            "Python); the scripted module is torch.nn.MultiheadAttention sharing these parameters and computes "
+            "PyTorch's attention. Use torch.jit.trace or torch.compile to keep attn's kernels.",
+            stacklevel=2,
+        )
+        twin = nn.MultiheadAttention.__new__(nn.MultiheadAttention)
+        twin.__dict__.update(self.__dict__)  # the same Parameter objects and submodules
+        twin._forward_pre_hooks = type(self._forward_pre_hooks)()
+        del twin.backend
+        return twin
 
     @classmethod
     def from_module(cls, module: nn.MultiheadAttention, *, backend: Optional[str] = None) -> MultiheadAttention:
@@ -230,6 +266,9 @@ class MultiheadAttention(nn.MultiheadAttention):
                 chosen backend cannot honour the call (the message names the backends that can).
             RuntimeError: on the kernel path, the module's ``backend`` is unavailable here.
         """
+        if any(isinstance(t, torch.Tensor) and t.is_nested for t in (query, key, value)):
+            return self._forward_nested(query, key, value, key_padding_mask, need_weights, attn_mask,
+                                        average_attn_weights, is_causal)
         batched = self._check_inputs(query, key, value)
         for name, mask in (("key_padding_mask", key_padding_mask), ("attn_mask", attn_mask)):
             if mask is not None and (not isinstance(mask, torch.Tensor)
@@ -287,6 +326,27 @@ class MultiheadAttention(nn.MultiheadAttention):
         if not batched:
             out = out.squeeze(1)
             weights = weights.squeeze(0) if weights is not None else None
+        return out, weights
+
+    def _forward_nested(self, query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights,
+                        is_causal):
+        """NestedTensor ``(B, L_b, E)`` self-attention: padded to ``(B, L_max, E)`` with a key
+        padding mask, then unpadded (see the class docstring)."""
+        why_not = ("query, key and value are not the same tensor" if not (query is key and key is value) else
+                   "batch_first is False" if not self.batch_first else
+                   "a mask was given" if attn_mask is not None or key_padding_mask is not None else None)
+        if why_not is not None:
+            _fail("query", "a NestedTensor only for batch_first self-attention without masks (as PyTorch's fast "
+                           f"path), but {why_not}", "a NestedTensor")
+        lengths = [t.shape[0] for t in query.unbind()]
+        padded = torch.nested.to_padded_tensor(query, 0.0)
+        positions = torch.arange(padded.shape[1], device=padded.device)
+        is_pad = positions.view(1, -1) >= torch.tensor(lengths, device=padded.device).view(-1, 1)
+        out, weights = self.forward(padded, padded, padded, key_padding_mask=is_pad, need_weights=need_weights,
+                                    average_attn_weights=average_attn_weights, is_causal=is_causal)
+        out = torch.nested.as_nested_tensor([out[b, :n] for b, n in enumerate(lengths)])
+        if weights is not None:  # padded query rows hold no weights, as in PyTorch's fast path
+            weights = weights.masked_fill(is_pad.view(len(lengths), *(1,) * (weights.dim() - 3), -1, 1), 0.0)
         return out, weights
 
     def _check_inputs(self, query, key, value) -> bool:

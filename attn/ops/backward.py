@@ -11,6 +11,7 @@ import torch
 
 from attn.ops.args import spec_from_args
 from attn.ops.launchers import launcher
+from attn.ops.vmap import register_batch_folding
 
 
 @torch.library.custom_op("attn::flash_attn_backward", mutates_args=())
@@ -31,3 +32,6 @@ def flash_attn_backward(
 def _flash_attn_backward_fake(dout, q, k, v, out, lse, dlse, bias, alibi_slopes, softmax_scale, causal,
                               window_left, window_right, bottom_right, softcap, backend):
     return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape))
+
+
+register_batch_folding(flash_attn_backward)

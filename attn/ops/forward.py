@@ -21,10 +21,12 @@ from typing import Optional
 
 import torch
 
+from attn.core.alloc import empty_in_layout_of
 from attn.core.spec import AttentionSpec
 from attn.ops.args import OPTION_NAMES, spec_args, spec_from_args
 from attn.ops.backward import flash_attn_backward
 from attn.ops.launchers import launcher
+from attn.ops.vmap import register_batch_folding
 from attn.reference.fa2 import bias_backward, compute_dtype
 
 
@@ -45,7 +47,7 @@ def flash_attn_forward(
 def _flash_attn_forward_fake(q, k, v, bias, alibi_slopes, softmax_scale, causal, window_left, window_right,
                              bottom_right, softcap, backend):
     batch, seqlen_q, n_heads, head_dim = q.shape
-    out = q.new_empty((batch, seqlen_q, n_heads, head_dim))
+    out = empty_in_layout_of(q, (batch, seqlen_q, n_heads, head_dim), q.dtype)
     lse = q.new_empty((batch, n_heads, seqlen_q), dtype=compute_dtype(q.dtype))
     return out, lse
 
@@ -57,13 +59,36 @@ def _setup_context(ctx, inputs, output):
     ctx.options = options
 
 
+class _FlashAttnBackward(torch.autograd.Function):
+    """``attn::flash_attn_backward`` as a Function that ``torch.func`` accepts (see
+    :class:`_FlashAttnForward`); differentiating the gradients again raises."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(*args):
+        with torch.no_grad():
+            return flash_attn_backward(*args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise NotImplementedError("attn::flash_attn_backward: double backward (gradients of attention's gradients) "
+                                  "is not supported; use backend='torch' or 'reference'")
+
+
 def _backward(ctx, dout, dlse):
     q, k, v, out, lse, bias, alibi_slopes = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(out)
     if dlse is None:
         dlse = torch.zeros_like(lse)
-    dq, dk, dv = flash_attn_backward(dout, q, k, v, out, lse, dlse, bias, alibi_slopes, *ctx.options)
+    args = (dout, q, k, v, out, lse, dlse, bias, alibi_slopes, *ctx.options)
+    # Dynamo cannot trace a Function inside a Function's backward; compiled graphs call the op.
+    dq, dk, dv = flash_attn_backward(*args) if torch.compiler.is_compiling() else _FlashAttnBackward.apply(*args)
     dbias = dslopes = None
     if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
         spec = spec_from_args(bias, alibi_slopes, *ctx.options[:-1])
@@ -74,8 +99,26 @@ def _backward(ctx, dout, dlse):
 
 
 torch.library.register_autograd("attn::flash_attn_forward", _backward, setup_context=_setup_context)
+register_batch_folding(flash_attn_forward)
+
+
+class _FlashAttnForward(torch.autograd.Function):
+    """The op with the same autograd formula, as an ``autograd.Function`` with ``setup_context``:
+    the Function that ``register_autograd`` generates has none, and ``torch.func`` transforms
+    (grad, vjp, vmap of grad) refuse such Functions. ``vmap`` reaches the ops' batching rule
+    (:mod:`attn.ops.vmap`) through ``generate_vmap_rule``."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(*args):
+        with torch.no_grad():  # the Function records the graph; the op's own formula must not
+            return flash_attn_forward(*args)
+
+    setup_context = staticmethod(_setup_context)
+    backward = staticmethod(_backward)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec, backend: str):
-    """Differentiable ``(out, lse)`` for ``spec`` through the op."""
-    return flash_attn_forward(q, k, v, **spec_args(spec), backend=backend)
+    """Differentiable ``(out, lse)`` for ``spec`` through the op (eager autograd and ``torch.func``)."""
+    return _FlashAttnForward.apply(q, k, v, *spec_args(spec).values(), backend)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from attn import reference
+from attn.core.alloc import in_layout_of
 from attn.core.spec import AttentionSpec
 
 
@@ -40,12 +41,13 @@ def _heads(t: torch.Tensor, group: int, dtype: torch.dtype) -> torch.Tensor:
 
 
 def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec):
-    """-> ``out (B, Sq, H, D)`` in q's dtype, ``lse (B, H, Sq)`` in the compute dtype."""
+    """-> ``out (B, Sq, H, D)`` in q's dtype laid out in memory like ``q`` (as the kernels'),
+    ``lse (B, H, Sq)`` in the compute dtype."""
     dtype = compute_dtype(q.dtype)
     scores = _scores(q, k, spec, dtype)  # (B, H, Sq, Sk)
     lse = torch.logsumexp(scores, dim=-1)
     out = torch.matmul(_probs(scores, lse), _heads(v, q.shape[2] // k.shape[2], dtype))  # (B, H, Sq, D)
-    return out.transpose(1, 2).to(q.dtype).contiguous(), lse
+    return in_layout_of(q, out.transpose(1, 2).to(q.dtype)), lse
 
 
 def _score_grads(dout, v, out, lse, dlse, scores: torch.Tensor, dtype: torch.dtype):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from attn.core.alloc import empty
+from attn.core.alloc import empty, empty_in_layout_of
 from attn.core.spec import AttentionSpec
 from attn.triton._forward_kernel import _attn_fwd_kernel
 from attn.triton._launch import dot_flags
@@ -13,10 +13,10 @@ from attn.triton.configs import forward_config, head_dim_bucket
 
 def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec):
     """``q (B, Sq, H, D)``, ``k, v (B, Sk, Hkv, D)`` (any strides, last dim contiguous)
-    -> ``out (B, Sq, H, D)`` contiguous in q's dtype, ``lse (B, H, Sq)`` fp32."""
+    -> ``out (B, Sq, H, D)`` in q's dtype, laid out in memory like ``q``, ``lse (B, H, Sq)`` fp32."""
     batch, seqlen_q, n_heads, head_dim = q.shape
     seqlen_k, n_kv_heads = k.shape[1], k.shape[2]
-    out = empty((batch, seqlen_q, n_heads, head_dim), q.dtype, q.device)
+    out = empty_in_layout_of(q, (batch, seqlen_q, n_heads, head_dim), q.dtype)
     lse = empty((batch, n_heads, seqlen_q), torch.float32, q.device)
     block_d = head_dim_bucket(head_dim)
     cfg = forward_config(block_d, q.dtype, has_bias=spec.bias is not None)
