@@ -182,14 +182,10 @@ def _torch_sum(q, k, v):
     return F.scaled_dot_product_attention(q, k, v, is_causal=True).square().sum()
 
 
-# Issue 15 replaces the cpu backend's autograd.Function (no setup_context) and the torch backend's
-# data-dependent NaN check; strict, so these markers must go when that lands.
-_ISSUE_15 = pytest.mark.xfail(strict=True, reason="issue 15: cpu backend autograd.Function / torch NaN check")
-FUNC_BACKENDS = ("triton", "reference",
-                 pytest.param("cpu", marks=_ISSUE_15), pytest.param("torch", marks=_ISSUE_15))
+FUNC_BACKENDS = ("triton", "reference", "cpu", "torch")
 
 
-@pytest.mark.parametrize("backend", ["triton", "reference", pytest.param("cpu", marks=_ISSUE_15), "torch"])
+@pytest.mark.parametrize("backend", FUNC_BACKENDS)
 def test_func_grad_and_vjp_like_torch(backend):
     torch.manual_seed(2)
     q, k, v = (torch.randn(1, 2, 5, 8) for _ in range(3))
@@ -204,7 +200,7 @@ def test_func_grad_and_vjp_like_torch(backend):
         assert_parity(g, r.float(), None, what="vjp")
 
 
-@pytest.mark.parametrize("backend", ["triton", "reference", "cpu", pytest.param("torch", marks=_ISSUE_15)])
+@pytest.mark.parametrize("backend", FUNC_BACKENDS)
 def test_func_vmap_like_torch(backend):
     torch.manual_seed(3)
     q, k, v = (torch.randn(3, 2, 2, 5, 8) for _ in range(3))

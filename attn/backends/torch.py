@@ -30,8 +30,9 @@ class TorchSDPABackend:
         return None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec):
-        # (B, Sq, H, 1): query rows SDPA would zero; they see at least one key unless ``dead`` below.
-        nan_rows = torch.isnan(q).any(dim=-1, keepdim=True)
+        # (B, H, Sq, 1), SDPA's output layout (filling in it keeps that layout): query rows SDPA would
+        # zero; they see at least one key unless ``dead`` below.
+        nan_rows = torch.isnan(q).any(dim=-1, keepdim=True).transpose(1, 2)
         batch, seqlen_q, n_heads, _ = q.shape
         seqlen_k, n_kv_heads = k.shape[1], k.shape[2]
         qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
@@ -42,7 +43,7 @@ class TorchSDPABackend:
             out = F.scaled_dot_product_attention(
                 qt, kt, vt, is_causal=simple_causal, scale=spec.softmax_scale, enable_gqa=gqa
             )
-            return out.transpose(1, 2).masked_fill(nan_rows, float("nan")), None
+            return out.masked_fill(nan_rows, float("nan")).transpose(1, 2), None
         keep = reference.visibility(
             batch, seqlen_q, seqlen_k, causal=spec.causal, bottom_right=spec.bottom_right,
             window_size=spec.window_size, device=q.device,
@@ -62,8 +63,8 @@ class TorchSDPABackend:
         out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=bias, scale=spec.softmax_scale, enable_gqa=gqa)
         # SDPA yields NaN for rows that see no key; the contract says 0.
         dead = torch.isneginf(bias).all(dim=-1, keepdim=True).expand(out.shape[:-1] + (1,))
-        out = out.transpose(1, 2).masked_fill(nan_rows, float("nan"))
-        return out.masked_fill(dead.transpose(1, 2), 0.0).to(q.dtype), None
+        out = out.masked_fill(nan_rows, float("nan")).masked_fill(dead, 0.0)
+        return out.to(q.dtype).transpose(1, 2), None
 
 
 TORCH = TorchSDPABackend()
