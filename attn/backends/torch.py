@@ -2,9 +2,11 @@
 autograd, on any device. Masks are expressed as an additive bias, so it materializes nothing
 PyTorch would not; it cannot express ``softcap`` or return the LSE.
 
-PyTorch's fused CPU SDPA kernels turn a NaN input row into zeros; attn documents that NaN
-propagates, so "torch" hands inputs that contain NaN to the reference formula (one O(B·S·H·D)
-check per input, against the O(B·H·Sq·Sk·D) attention).
+PyTorch's fused CPU SDPA kernels turn a NaN input row into zeros, and its ``P @ V`` lets a NaN or
+Inf in a hidden key's value row reach rows that cannot see it (0 * NaN); attn documents that NaN
+propagates to exactly the rows that see it (docs/design.md §3), so "torch" hands inputs with a NaN
+in q or k, or a non-finite v, to the reference formula (one O(B·S·H·D) check per input, against
+the O(B·H·Sq·Sk·D) attention).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ class TorchSDPABackend:
         return None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec):
-        if any(torch.isnan(t).any() for t in (q, k, v)):
+        if torch.isnan(q).any() or torch.isnan(k).any() or not torch.isfinite(v).all():
             return REFERENCE.forward(q, k, v, spec)[0], None
         batch, seqlen_q, n_heads, _ = q.shape
         seqlen_k, n_kv_heads = k.shape[1], k.shape[2]
