@@ -4,10 +4,14 @@ materializes nothing PyTorch would not; a call with such a bias runs in fp32 wha
 dtype (SDPA takes a float mask only in the inputs' dtype, and a 16-bit bias loses ALiBi far from the
 diagonal). It cannot express ``softcap`` or return the LSE.
 
-PyTorch's fused CPU SDPA kernels turn a query row holding NaN into zeros (NaN in K or V does
-propagate); attn documents that NaN propagates, so "torch" writes NaN into those rows afterwards
-(one O(B·S·H·D) ``isnan`` over ``q``). It is a tensor operation, not a Python branch on values, so
-``torch.compile(fullgraph=True)`` and ``torch.func.vmap`` trace it (docs/design.md §5).
+PyTorch's fused CPU SDPA kernels turn a query row holding NaN into zeros, and its ``P @ V`` lets
+a NaN or Inf in a hidden key's value row reach rows that cannot see it (0 * NaN); attn documents
+that NaN propagates to exactly the rows that see it (docs/design.md §3). In eager mode "torch"
+therefore hands inputs with a NaN in q or k, or a non-finite v, to the reference formula (one
+O(B·S·H·D) check per input, against the O(B·H·Sq·Sk·D) attention). While tracing
+(``torch.compile``, ``torch.func`` transforms) a data-dependent branch is impossible: there it
+only writes NaN into the rows of NaN queries (a tensor operation), and hidden non-finite values
+are not isolated (README, Known limits).
 """
 from __future__ import annotations
 
@@ -15,8 +19,14 @@ import torch
 import torch.nn.functional as F
 
 from attn import reference
-from attn.backends.reference import ALL_FORWARD
+from attn.backends.reference import ALL_FORWARD, REFERENCE
 from attn.core.spec import INPUT_OPTIONS, AttentionSpec
+
+
+def _tracing(t: torch.Tensor) -> bool:
+    """Whether ``t`` flows through a trace (torch.compile) or a torch.func transform, where Python
+    cannot branch on its values."""
+    return torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(t)
 
 
 class TorchSDPABackend:
@@ -30,6 +40,8 @@ class TorchSDPABackend:
         return None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec):
+        if not _tracing(q) and (torch.isnan(q).any() or torch.isnan(k).any() or not torch.isfinite(v).all()):
+            return REFERENCE.forward(q, k, v, spec)[0], None
         # (B, H, Sq, 1), SDPA's output layout (filling in it keeps that layout): query rows SDPA would
         # zero; they see at least one key unless ``dead`` below.
         nan_rows = torch.isnan(q).any(dim=-1, keepdim=True).transpose(1, 2)

@@ -10,7 +10,9 @@ kernels, tests and benchmarks cannot drift apart:
   ``j < Lk``, causal ``j <= i + off``, window ``i + off - left <= j <= i + off + right``;
 * scores ``s = scale * q.k``, then ``softcap * tanh(s / softcap)``, then ALiBi
   ``-slope * |i + off - j|``, then an additive (float) or keep (bool, True = attend) mask;
-* rows that see no key output 0 and have ``lse = -inf``.
+* rows that see no key output 0 and have ``lse = -inf``;
+* a row's output depends only on the keys it sees: a hidden key's value row never reaches it,
+  even if it holds NaN or Inf (docs/design.md §3).
 
 ``dtype`` picks the compute precision: fp64/fp32 for the oracle, the input dtype for the
 "same-precision PyTorch" term of the parity rule (see :mod:`attn.testing`). ALiBi and masks are
@@ -131,6 +133,30 @@ def scores(
     return s.masked_fill(~keep, float("-inf"))
 
 
+def visible_matmul(probs: torch.Tensor, scores_: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``probs @ v`` over the keys each row sees (``scores_ != -inf``): ``(..., Sq, Sk) @ (..., Sk, D)``.
+
+    IEEE arithmetic as in ``probs @ v``, except that a hidden key adds nothing where ``0 * v``
+    would give NaN: the product runs on ``v`` with non-finite values zeroed, and the non-finite
+    values of the visible keys are put back from exact 0/1 indicator products (NaN from a NaN,
+    from an Inf times ``p = 0`` or from Infs of both signs; otherwise the Inf's sign).
+    """
+    finite = torch.isfinite(v)
+    out = torch.matmul(probs, torch.where(finite, v, torch.zeros_like(v)))
+    seen = scores_ != float("-inf")
+    ind = probs.dtype if probs.dtype == torch.float64 else torch.float32
+
+    def count(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(rows.to(ind), cols.to(ind))
+
+    n_nan = count(seen, torch.isnan(v)) + count(seen & (probs == 0), torch.isinf(v))
+    n_pos = count(seen & (probs > 0), torch.isposinf(v))
+    n_neg = count(seen & (probs > 0), torch.isneginf(v))
+    out = torch.where(n_pos > 0, out + float("inf"), out)
+    out = torch.where(n_neg > 0, out - float("inf"), out)
+    return torch.where(n_nan > 0, torch.full_like(out, float("nan")), out)
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -165,5 +191,5 @@ def attention(
     probs = torch.exp(scores_ - row_max)
     denom = probs.sum(dim=-1, keepdim=True)
     probs = probs / torch.where(denom == 0, torch.ones_like(denom), denom)
-    out = torch.matmul(probs.to(dtype), vc)  # (B, H, Sq, D)
+    out = visible_matmul(probs.to(dtype), scores_, vc)  # (B, H, Sq, D)
     return out.transpose(1, 2), lse

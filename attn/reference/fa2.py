@@ -46,7 +46,8 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: A
     dtype = compute_dtype(q.dtype)
     scores = _scores(q, k, spec, dtype)  # (B, H, Sq, Sk)
     lse = torch.logsumexp(scores, dim=-1)
-    out = torch.matmul(_probs(scores, lse), _heads(v, q.shape[2] // k.shape[2], dtype))  # (B, H, Sq, D)
+    vh = _heads(v, q.shape[2] // k.shape[2], dtype)
+    out = reference.visible_matmul(_probs(scores, lse), scores, vh)  # (B, H, Sq, D)
     return in_layout_of(q, out.transpose(1, 2).to(q.dtype)), lse
 
 

@@ -29,7 +29,7 @@ Masked tiles are skipped by the tile-bound helpers of :mod:`attn.triton._common`
 import triton
 import triton.language as tl
 
-from attn.triton._common import _dot, _key_tile_bounds, _query_tile_bounds, _scores_log2, _softcap_grad, _visible
+from attn.triton._common import _dot, _key_tile_bounds, _query_tile_bounds, _scores, _softcap_grad, _visible
 
 
 @triton.jit
@@ -60,10 +60,10 @@ def _attn_bwd_preprocess_kernel(
 
 
 @triton.jit
-def _lse_log2(lse):
-    """Natural-log LSE -> log2 domain. Rows that saw no key (-inf) become +inf so that
-    ``exp2(s - lse)`` is 0 for them instead of NaN or inf."""
-    return tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+def _probs(s, lse):
+    """P = exp(s - lse) (natural units, docs/design.md §3). Rows that saw no key (lse = -inf)
+    subtract +inf instead, so their P is 0 rather than NaN or inf."""
+    return tl.exp2((s - tl.where(lse == float("-inf"), float("inf"), lse)) * 1.4426950408889634)
 
 
 @triton.jit
@@ -97,17 +97,17 @@ def _bwd_dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, bias_ba
         q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=q_mask, other=0.0)  # (M, D)
         do = tl.load(do_base + offs_m[:, None] * stride_dom + offs_d[None, :], mask=q_mask, other=0.0)  # (M, D)
         qk_t = _dot(k, tl.trans(q), tl.zeros([k.shape[0], BLOCK_M], dtype=tl.float32), DOT_FP32, PRECISION)  # (N, M)
-        s_t = _scores_log2(qk_t, offs_n, offs_m, -diag_offset, sm_scale, softcap, alibi_slope, HAS_SOFTCAP, HAS_ALIBI)
+        s_t = _scores(qk_t, offs_n, offs_m, -diag_offset, sm_scale, softcap, alibi_slope, HAS_SOFTCAP, HAS_ALIBI)
         if HAS_BIAS:
             # rows past Sq read row Sq-1 (their P is zeroed through lse = -inf)
             rows = tl.minimum(offs_m, seqlen_q - 1)
             bias = tl.load(bias_base + rows[None, :] * stride_bm + offs_n[:, None] * stride_bn,
                            mask=offs_n[:, None] < seqlen_k, other=0.0)
-            s_t = s_t + bias * 1.4426950408889634
+            s_t = s_t + bias
         if MASKED:
             visible = _visible(offs_n, offs_m, seqlen_q, -diag_offset, window_right, window_left)
             s_t = tl.where(visible, s_t, float("-inf"))
-        p_t = tl.exp2(s_t - _lse_log2(lse)[None, :])  # (N, M)
+        p_t = _probs(s_t, lse[None, :])  # (N, M)
         dv = _dot(p_t.to(do.dtype), do, dv, DOT_FP32, PRECISION)  # (N, D)
         dp_t = _dot(v, tl.trans(do), tl.zeros([v.shape[0], BLOCK_M], dtype=tl.float32), DOT_FP32, PRECISION)
         ds_t = p_t * (dp_t - delta[None, :])  # (N, M)
@@ -185,13 +185,13 @@ def _attn_bwd_dkdv_kernel(
 
 
 @triton.jit
-def _bwd_dq_tiles(dq, q, do, lse2, delta, k_base, v_base, bias_base, stride_kn, stride_vn, stride_bn,
+def _bwd_dq_tiles(dq, q, do, lse, delta, k_base, v_base, bias_base, stride_kn, stride_vn, stride_bn,
                   offs_m, offs_d, head_dim, seqlen_k, diag_offset, window_left, window_right,
                   sm_scale, softcap, alibi_slope, lo, hi,
                   BLOCK_N: tl.constexpr, MASKED: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
                   HAS_ALIBI: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_FP32: tl.constexpr,
                   PRECISION: tl.constexpr):
-    """Accumulates dQ (BLOCK_M, BLOCK_D) over key tiles [lo, hi); ``lse2`` is in the log2 domain."""
+    """Accumulates dQ (BLOCK_M, BLOCK_D) over key tiles [lo, hi); ``lse`` is the natural-log LSE."""
     d_ok = offs_d < head_dim
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -201,13 +201,13 @@ def _bwd_dq_tiles(dq, q, do, lse2, delta, k_base, v_base, bias_base, stride_kn, 
         k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)  # (N, D)
         v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)  # (N, D)
         qk = _dot(q, tl.trans(k), tl.zeros([q.shape[0], BLOCK_N], dtype=tl.float32), DOT_FP32, PRECISION)
-        s = _scores_log2(qk, offs_m, offs_n, diag_offset, sm_scale, softcap, alibi_slope, HAS_SOFTCAP, HAS_ALIBI)
+        s = _scores(qk, offs_m, offs_n, diag_offset, sm_scale, softcap, alibi_slope, HAS_SOFTCAP, HAS_ALIBI)
         if HAS_BIAS:
             bias = tl.load(bias_base + offs_n[None, :] * stride_bn, mask=offs_n[None, :] < seqlen_k, other=0.0)
-            s = s + bias * 1.4426950408889634
+            s = s + bias
         if MASKED:
             s = tl.where(_visible(offs_m, offs_n, seqlen_k, diag_offset, window_left, window_right), s, float("-inf"))
-        p = tl.exp2(s - lse2[:, None])  # (M, N)
+        p = _probs(s, lse[:, None])  # (M, N)
         dp = _dot(do, tl.trans(v), tl.zeros([q.shape[0], BLOCK_N], dtype=tl.float32), DOT_FP32, PRECISION)
         ds = p * (dp - delta[:, None])
         if HAS_SOFTCAP:
@@ -247,7 +247,7 @@ def _attn_bwd_dq_kernel(
     do = tl.load(DOut + batch.to(tl.int64) * stride_dob + head * stride_doh + offs_m[:, None] * stride_dom
                  + offs_d[None, :], mask=q_mask, other=0.0)  # (M, D)
     row = pid_bh.to(tl.int64) * seqlen_q + offs_m
-    lse2 = _lse_log2(tl.load(Lse + row, mask=m_ok, other=float("-inf")))
+    lse = tl.load(Lse + row, mask=m_ok, other=float("-inf"))
     delta = tl.load(Delta + row, mask=m_ok, other=0.0)
     alibi_slope = 0.0
     if HAS_ALIBI:
@@ -264,15 +264,15 @@ def _attn_bwd_dq_kernel(
     start, mid_lo, mid_hi, end = _key_tile_bounds(
         pid_m * BLOCK_M, row_last, seqlen_k, diag_offset, window_left, window_right, BLOCK_N)
     dq = _bwd_dq_tiles(
-        dq, q, do, lse2, delta, k_base, v_base, bias_base, stride_kn, stride_vn, stride_bn, offs_m, offs_d,
+        dq, q, do, lse, delta, k_base, v_base, bias_base, stride_kn, stride_vn, stride_bn, offs_m, offs_d,
         head_dim, seqlen_k, diag_offset, window_left, window_right, sm_scale, softcap, alibi_slope,
         start, mid_lo, BLOCK_N, True, HAS_SOFTCAP, HAS_ALIBI, HAS_BIAS, DOT_FP32, PRECISION)
     dq = _bwd_dq_tiles(
-        dq, q, do, lse2, delta, k_base, v_base, bias_base, stride_kn, stride_vn, stride_bn, offs_m, offs_d,
+        dq, q, do, lse, delta, k_base, v_base, bias_base, stride_kn, stride_vn, stride_bn, offs_m, offs_d,
         head_dim, seqlen_k, diag_offset, window_left, window_right, sm_scale, softcap, alibi_slope,
         mid_lo, mid_hi, BLOCK_N, False, HAS_SOFTCAP, HAS_ALIBI, HAS_BIAS, DOT_FP32, PRECISION)
     dq = _bwd_dq_tiles(
-        dq, q, do, lse2, delta, k_base, v_base, bias_base, stride_kn, stride_vn, stride_bn, offs_m, offs_d,
+        dq, q, do, lse, delta, k_base, v_base, bias_base, stride_kn, stride_vn, stride_bn, offs_m, offs_d,
         head_dim, seqlen_k, diag_offset, window_left, window_right, sm_scale, softcap, alibi_slope,
         mid_hi, end, BLOCK_N, True, HAS_SOFTCAP, HAS_ALIBI, HAS_BIAS, DOT_FP32, PRECISION)
 

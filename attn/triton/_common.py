@@ -1,6 +1,8 @@
 """``@triton.jit`` helpers shared by the forward, backward and decode kernels.
 
-Scores live in the log2 domain: ``s2 = log2(e) * score``, so the softmax uses ``exp2``.
+Scores, running maxima and LSEs are in natural units; the softmax takes ``exp2((s - m) * log2(e))``,
+so a finite score (e.g. a ``finfo.min`` mask) is scaled only after the max is subtracted and never
+overflows to -inf (docs/design.md §3).
 The visibility rule (see :mod:`attn.reference`) is expressed with a per-row diagonal:
 query ``i`` sees keys ``j`` with ``i + off - left <= j <= i + off + right`` and ``j < seqlen_k``;
 launchers pass "unbounded" sides as a window larger than any sequence.
@@ -37,16 +39,16 @@ def _softcap_grad(qk, sm_scale, softcap):
 
 
 @triton.jit
-def _scores_log2(qk, offs_m, offs_n, diag_offset, sm_scale, softcap, alibi_slope,
-                 HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr):
-    """Raw ``q.k`` products -> scores in the log2 domain: scale, softcap, ALiBi."""
+def _scores(qk, offs_m, offs_n, diag_offset, sm_scale, softcap, alibi_slope,
+            HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr):
+    """Raw ``q.k`` products -> scores in natural units: scale, softcap, ALiBi."""
     if HAS_SOFTCAP:
-        s = softcap * _tanh(qk * (sm_scale / softcap)) * 1.4426950408889634
+        s = softcap * _tanh(qk * (sm_scale / softcap))
     else:
-        s = qk * (sm_scale * 1.4426950408889634)
+        s = qk * sm_scale
     if HAS_ALIBI:
         rel = (offs_m[:, None] + diag_offset - offs_n[None, :]).to(tl.float32)
-        s = s - (alibi_slope * 1.4426950408889634) * tl.abs(rel)
+        s = s - alibi_slope * tl.abs(rel)
     return s
 
 
@@ -60,18 +62,47 @@ def _visible(offs_m, offs_n, seqlen_k, diag_offset, window_left, window_right):
 
 @triton.jit
 def _online_softmax_update(s, m_i, l_i):
-    """One online-softmax step on a tile of log2-domain scores ``s`` (BLOCK_M, BLOCK_N).
+    """One online-softmax step on a tile of scores ``s`` (BLOCK_M, BLOCK_N), natural units.
 
     Returns (p, alpha, m_new, l_new): unnormalized probabilities, the factor rescaling the old
     accumulator, and the new running max and sum. Rows with no visible key so far keep
-    ``m = -inf`` and produce ``p = 0``, ``alpha = 0`` instead of NaN.
+    ``m = -inf`` and produce ``p = 0``, ``alpha = 0`` instead of NaN. The max is subtracted
+    before the log2(e) factor, so very negative finite scores still give ``p = 1`` at the max.
     """
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.exp2(s - m_safe[:, None])
-    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2((s - m_safe[:, None]) * 1.4426950408889634)
+    alpha = tl.exp2((m_i - m_safe) * 1.4426950408889634)
     l_new = l_i * alpha + tl.sum(p, 1)
     return p, alpha, m_new, l_new
+
+
+@triton.jit
+def _pv_visible(p, v, s, acc, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
+    """``acc + p @ v`` (p (BLOCK_M, BLOCK_N) fp32, v (BLOCK_N, BLOCK_D)) in which a key hidden from a
+    row (score ``s == -inf``) contributes nothing to it, even where its ``v`` is NaN or Inf
+    (docs/design.md §3): the product runs on ``v`` with non-finite values zeroed, then, only for
+    tiles that hold any, the IEEE result of the non-finite values over the visible keys is put
+    back from 0/1 indicator products (exact counts): NaN from a visible NaN, from an Inf times
+    ``p = 0`` or from Infs of both signs; otherwise the Inf's sign."""
+    finite = tl.abs(v.to(tl.float32)) < float("inf")  # False for NaN and +-Inf
+    p_in = p.to(v.dtype)
+    acc = _dot(p_in, tl.where(finite, v, 0.0).to(v.dtype), acc, DOT_FP32, PRECISION)
+    if tl.sum((~finite).to(tl.int32)) > 0:
+        vis = s != float("-inf")
+        seen = vis.to(tl.float32)
+        seen_zero = (vis & (p_in == 0.0)).to(tl.float32)
+        seen_pos = (vis & (p_in > 0.0)).to(tl.float32)
+        vf = v.to(tl.float32)
+        zero = tl.zeros(acc.shape, dtype=tl.float32)
+        n_nan = tl.dot(seen, (vf != vf).to(tl.float32), zero, input_precision="ieee")
+        n_nan = tl.dot(seen_zero, (tl.abs(vf) == float("inf")).to(tl.float32), n_nan, input_precision="ieee")
+        n_pos = tl.dot(seen_pos, (vf == float("inf")).to(tl.float32), zero, input_precision="ieee")
+        n_neg = tl.dot(seen_pos, (vf == float("-inf")).to(tl.float32), zero, input_precision="ieee")
+        acc = tl.where(n_pos > 0.0, acc + float("inf"), acc)
+        acc = tl.where(n_neg > 0.0, acc - float("inf"), acc)
+        acc = tl.where(n_nan > 0.0, float("nan"), acc)
+    return acc
 
 
 @triton.jit

@@ -19,7 +19,7 @@ final out/lse directly when ``n_splits == 1``); :mod:`attn.triton._decode_combin
 import triton
 import triton.language as tl
 
-from attn.triton._common import _dot, _key_tile_bounds, _online_softmax_update, _scores_log2, _visible
+from attn.triton._common import _dot, _key_tile_bounds, _online_softmax_update, _pv_visible, _scores, _visible
 
 
 @triton.jit
@@ -56,12 +56,15 @@ def _decode_tiles(acc, m_i, l_i, q, k_base, v_base, block_table_row,
         # K tile loaded transposed: (BLOCK_D, BLOCK_N)
         k = tl.load(k_base + k_rows[None, :] + offs_d[:, None], mask=kv_mask, other=0.0)
         qk = _dot(q, k, tl.zeros([q.shape[0], BLOCK_N], dtype=tl.float32), DOT_FP32, PRECISION)
-        s = _scores_log2(qk, offs_m, offs_n, diag_offset, sm_scale, softcap, alibi_slope, HAS_SOFTCAP, HAS_ALIBI)
+        s = _scores(qk, offs_m, offs_n, diag_offset, sm_scale, softcap, alibi_slope, HAS_SOFTCAP, HAS_ALIBI)
         if MASKED:
             s = tl.where(_visible(offs_m, offs_n, seqlen_k, diag_offset, window_left, window_right), s, float("-inf"))
         p, alpha, m_i, l_i = _online_softmax_update(s, m_i, l_i)
         v = tl.load(v_base + v_rows[:, None] + offs_d[None, :], mask=tl.trans(kv_mask), other=0.0)  # (BLOCK_N, BLOCK_D)
-        acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_FP32, PRECISION)
+        if MASKED:
+            acc = _pv_visible(p, v, s, acc * alpha[:, None], DOT_FP32, PRECISION)
+        else:
+            acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_FP32, PRECISION)
     return acc, m_i, l_i
 
 
@@ -145,7 +148,7 @@ def _decode_split_kernel(
     # Rows that saw no key in this split: out = 0, lse = -inf (the combine gives them weight 0).
     seen = l_i > 0.0
     acc = acc / tl.where(seen, l_i, 1.0)[:, None]
-    lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+    lse = tl.where(seen, m_i + tl.log(tl.where(seen, l_i, 1.0)), float("-inf"))
 
     o_ptrs = (Out + split.to(tl.int64) * stride_os + batch.to(tl.int64) * stride_ob
               + token[:, None] * stride_om + head[:, None] * stride_oh + offs_d[None, :])

@@ -13,7 +13,7 @@ natural-log LSE once.
 import triton
 import triton.language as tl
 
-from attn.triton._common import _dot, _key_tile_bounds, _online_softmax_update, _scores_log2, _visible
+from attn.triton._common import _dot, _key_tile_bounds, _online_softmax_update, _pv_visible, _scores, _visible
 
 
 @triton.jit
@@ -34,15 +34,18 @@ def _fwd_tiles(acc, m_i, l_i, q, k_base, v_base, bias_base, stride_kn, stride_vn
         # K tile loaded transposed: (BLOCK_D, BLOCK_N)
         k = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None], mask=kv_mask, other=0.0)
         qk = _dot(q, k, tl.zeros([q.shape[0], BLOCK_N], dtype=tl.float32), DOT_FP32, PRECISION)
-        s = _scores_log2(qk, offs_m, offs_n, diag_offset, sm_scale, softcap, alibi_slope, HAS_SOFTCAP, HAS_ALIBI)
+        s = _scores(qk, offs_m, offs_n, diag_offset, sm_scale, softcap, alibi_slope, HAS_SOFTCAP, HAS_ALIBI)
         if HAS_BIAS:
             bias = tl.load(bias_base + offs_n[None, :] * stride_bn, mask=offs_n[None, :] < seqlen_k, other=0.0)
-            s = s + bias * 1.4426950408889634
+            s = s + bias
         if MASKED:
             s = tl.where(_visible(offs_m, offs_n, seqlen_k, diag_offset, window_left, window_right), s, float("-inf"))
         p, alpha, m_i, l_i = _online_softmax_update(s, m_i, l_i)
         v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=tl.trans(kv_mask), other=0.0)
-        acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_FP32, PRECISION)
+        if MASKED or HAS_BIAS:
+            acc = _pv_visible(p, v, s, acc * alpha[:, None], DOT_FP32, PRECISION)
+        else:
+            acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_FP32, PRECISION)
     return acc, m_i, l_i
 
 
@@ -106,7 +109,7 @@ def _attn_fwd_kernel(
     # Rows that saw no key: out = 0, lse = -inf (never 0/0).
     seen = l_i > 0.0
     acc = acc / tl.where(seen, l_i, 1.0)[:, None]
-    lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+    lse = tl.where(seen, m_i + tl.log(tl.where(seen, l_i, 1.0)), float("-inf"))
 
     o_base = Out + batch.to(tl.int64) * stride_ob + head * stride_oh
     tl.store(o_base + offs_m[:, None] * stride_om + offs_d[None, :], acc.to(Out.dtype.element_ty),

@@ -5,9 +5,9 @@
 // kv * group + r % group), so each K/V row is read from memory once. Walking all kv heads of a
 // key tile before the next tile keeps the reads within one 64-key band of (B, S, Hkv, D) memory
 // instead of one row every Hkv * D * 4 bytes. Per tile of DECODE_BLOCK_N keys and per kv head:
-//   S = Q K_tile^T (R x N, log2 units), masks, online softmax per row, O = O alpha + P V_tile.
-// Each split writes O / l and lse (log2 units) to scratch; a second pass merges the splits:
-//   lse = log2 sum_s 2^lse_s, out = sum_s 2^(lse_s - lse) O_s.
+//   S = Q K_tile^T (R x N, natural units), masks, online softmax per row, O = O alpha + P V_tile.
+// Each split writes O / l and lse (natural units) to scratch; a second pass merges the splits:
+//   lse = ln sum_s e^lse_s, out = sum_s e^(lse_s - lse) O_s.
 
 namespace dec {
 
@@ -73,8 +73,9 @@ static inline void dot_rows(float* s, const float* q, const float* const* k_rows
   }
 }
 
-// O[r][d:d+C*W] = O alpha_r + sum_j P[r][j] V[j][d:d+C*W] for RB rows.
-template <int RB, int C>
+// O[r][d:d+C*W] = O alpha_r + sum_j P[r][j] V[j][d:d+C*W] for RB rows. kHidden: keys hidden
+// from a row (P = -0) add nothing to it even where V is NaN or Inf (see fwd::pv_block).
+template <int RB, int C, bool kHidden>
 static inline void pv_rows(float* o, const float* p, const float* alpha, const float* const* v_rows, int n,
                            int64_t d, int64_t dp) {
   vf acc[RB][C];
@@ -90,7 +91,12 @@ static inline void pv_rows(float* o, const float* p, const float* alpha, const f
     for (int r = 0; r < RB; ++r) {
       const vf pb = splat(p[r * DECODE_BLOCK_N + j]);
 #pragma GCC unroll 8
-      for (int c = 0; c < C; ++c) acc[r][c] += pb * v[c];
+      for (int c = 0; c < C; ++c) {
+        if (kHidden)
+          acc[r][c] = is_hidden(pb) ? acc[r][c] : acc[r][c] + pb * v[c];
+        else
+          acc[r][c] += pb * v[c];
+      }
     }
   }
 #pragma GCC unroll 8
@@ -101,15 +107,33 @@ static inline void pv_rows(float* o, const float* p, const float* alpha, const f
 
 constexpr int PV_VECS = 4;  // feature vectors per P V micro-kernel: 4 rows x 4 = 16 accumulators
 
-template <int RB>
+template <int RB, bool kHidden>
 static void pv_all(float* o, const float* p, const float* alpha, const float* const* v_rows, int n, int64_t dp) {
   int64_t d = 0;
-  for (; d + PV_VECS * W <= dp; d += PV_VECS * W) pv_rows<RB, PV_VECS>(o, p, alpha, v_rows, n, d, dp);
-  for (; d < dp; d += W) pv_rows<RB, 1>(o, p, alpha, v_rows, n, d, dp);
+  for (; d + PV_VECS * W <= dp; d += PV_VECS * W) pv_rows<RB, PV_VECS, kHidden>(o, p, alpha, v_rows, n, d, dp);
+  for (; d < dp; d += W) pv_rows<RB, 1, kHidden>(o, p, alpha, v_rows, n, d, dp);
+}
+
+// P V for every row of one kv head (see pv_all).
+template <bool kHidden>
+static void pv_heads(float* o, const float* s, const float* alpha, const float* const* v_rows, int n, int64_t dp,
+                     int rows) {
+  int r = 0;
+  for (; r + DECODE_ROWS <= rows; r += DECODE_ROWS)
+    pv_all<DECODE_ROWS, kHidden>(o + r * dp, s + r * DECODE_BLOCK_N, alpha + r, v_rows, n, dp);
+  for (; r < rows; ++r) pv_all<1, kHidden>(o + r * dp, s + r * DECODE_BLOCK_N, alpha + r, v_rows, n, dp);
+}
+
+// Whether any of the n value rows (head_dim floats each) holds NaN or Inf.
+static bool any_nonfinite(const float* const* v_rows, int n, int64_t head_dim) {
+  for (int j = 0; j < n; ++j)
+    for (int64_t d = 0; d < head_dim; ++d)
+      if (!std::isfinite(v_rows[j][d])) return true;
+  return false;
 }
 
 // The per-row online-softmax step over one tile of S (row stride DECODE_BLOCK_N, entries
-// past the tile are -inf): P replaces S, alpha = 2^(m_old - m_new).
+// past the tile are -inf): P replaces S (-0 for hidden keys), alpha = e^(m_old - m_new).
 static void online_softmax_update(float* s, int rows, float* m, float* l, float* alpha) {
   for (int r = 0; r < rows; ++r) {
     float* row = s + r * DECODE_BLOCK_N;
@@ -117,10 +141,10 @@ static void online_softmax_update(float* s, int rows, float* m, float* l, float*
     for (int j = 0; j < DECODE_BLOCK_N; j += W) tile_max = vmax(tile_max, load(row + j));
     const float m_new = std::max(m[r], hmax(tile_max));
     const float m_use = m_new == kNegInf ? 0.f : m_new;
-    alpha[r] = std::exp2(m[r] - m_use);
+    alpha[r] = std::exp2((m[r] - m_use) * kLog2e);
     vf sum = splat(0.f);
     for (int j = 0; j < DECODE_BLOCK_N; j += W) {
-      const vf e = exp2v(load(row + j) - m_use);
+      const vf e = softmax_probs(load(row + j), splat(m_use));
       store(row + j, e);
       sum += e;
     }
@@ -227,9 +251,9 @@ static void head_tile(const DecodeParams& p, Workspace& w, int64_t b, int64_t kv
     float* s = w.s + r * DECODE_BLOCK_N;
     const int64_t i = r / group, h = kv_head * group + r % group;
     if (p.softcap > 0.f)
-      for (int j = 0; j < DECODE_BLOCK_N; j += W) store(s + j, p.softcap * kLog2e * tanhv(load(s + j)));
+      for (int j = 0; j < DECODE_BLOCK_N; j += W) store(s + j, p.softcap * tanhv(load(s + j)));
     if (slopes) {
-      const float slope = slopes[b * p.n_heads + h] * kLog2e;
+      const float slope = slopes[b * p.n_heads + h];
       for (int j = 0; j < n; ++j) s[j] -= slope * float(std::abs(i + offset - (j0 + j)));
     }
     if (windowed)
@@ -242,19 +266,20 @@ static void head_tile(const DecodeParams& p, Workspace& w, int64_t b, int64_t kv
     for (int j = n; j < DECODE_BLOCK_N; ++j) s[j] = kNegInf;
   }
   online_softmax_update(w.s, rows, m, l, alpha);
-  for (r = 0; r + DECODE_ROWS <= rows; r += DECODE_ROWS)
-    pv_all<DECODE_ROWS>(o + r * dp, w.s + r * DECODE_BLOCK_N, alpha + r, w.v_rows, n, dp);
-  for (; r < rows; ++r) pv_all<1>(o + r * dp, w.s + r * DECODE_BLOCK_N, alpha + r, w.v_rows, n, dp);
+  if (windowed && any_nonfinite(w.v_rows, n, p.head_dim))
+    pv_heads<true>(o, w.s, alpha, w.v_rows, n, dp, rows);
+  else
+    pv_heads<false>(o, w.s, alpha, w.v_rows, n, dp, rows);
 }
 
-// part_out (Hkv, R, D) = O / l and part_lse (Hkv, R) = m + log2 l of batch b over `range`.
+// part_out (Hkv, R, D) = O / l and part_lse (Hkv, R) = m + ln l of batch b over `range`.
 static void decode_split(const DecodeParams& p, Workspace& w, int64_t b, const Split& range, float* part_out,
                          float* part_lse, int64_t dp, bool direct) {
   const int64_t group = p.n_heads / p.n_kv_heads;
   const int64_t rows = p.seqlen_q * group;
   const int64_t all_rows = p.n_kv_heads * rows;
   const int64_t esize = dtype_size(p.dtype);
-  const float q_scale = p.softcap > 0.f ? p.softmax_scale / p.softcap : p.softmax_scale * kLog2e;
+  const float q_scale = p.softcap > 0.f ? p.softmax_scale / p.softcap : p.softmax_scale;
   for (int64_t x = 0; x < all_rows; ++x) {
     const int64_t r = x % rows, h = (x / rows) * group + r % group, i = r / group;
     const char* q = reinterpret_cast<const char*>(p.q) + (b * p.q_batch_stride + i * p.q_row_stride + h * p.q_head_stride) * esize;
@@ -292,7 +317,7 @@ static void decode_split(const DecodeParams& p, Workspace& w, int64_t b, const S
     const float l = w.l[x];
     const float inv = l > 0.f ? 1.f / l : 0.f;
     for (int64_t d = 0; d < p.head_dim; ++d) part_out[x * p.head_dim + d] = w.o[x * dp + d] * inv;
-    part_lse[x] = l > 0.f ? w.m[x] + std::log2(l) : kNegInf;
+    part_lse[x] = l > 0.f ? w.m[x] + std::log(l) : kNegInf;
   }
 }
 
@@ -344,10 +369,10 @@ void decode(const DecodeParams& p) {
       for (int s = 0; s < splits; ++s) top = std::max(top, lse_s[s * all_rows]);
       const float top_use = top == kNegInf ? 0.f : top;
       float total = 0.f;
-      for (int s = 0; s < splits; ++s) total += std::exp2(lse_s[s * all_rows] - top_use);
-      // Each split's weight 2^(lse_s - lse), computed once per row, in place of its lse.
+      for (int s = 0; s < splits; ++s) total += std::exp(lse_s[s * all_rows] - top_use);
+      // Each split's weight e^(lse_s - lse), computed once per row, in place of its lse.
       for (int s = 0; s < splits; ++s)
-        lse_s[s * all_rows] = total > 0.f ? std::exp2(lse_s[s * all_rows] - top_use) / total : 0.f;
+        lse_s[s * all_rows] = total > 0.f ? std::exp(lse_s[s * all_rows] - top_use) / total : 0.f;
       void* out = reinterpret_cast<char*>(p.out) + (b * p.out_batch_stride + i * p.out_row_stride + h * p.out_head_stride) * esize;
       for (int64_t d = 0; d < p.head_dim; ++d) {
         float acc = 0.f;
@@ -355,7 +380,7 @@ void decode(const DecodeParams& p) {
         store_elem(out, d, p.dtype, acc);
       }
       float* lse = reinterpret_cast<float*>(p.lse) + b * p.lse_batch_stride + h * p.lse_head_stride;
-      lse[i] = total > 0.f ? (top + std::log2(total)) * kLn2 : kNegInf;
+      lse[i] = total > 0.f ? top + std::log(total) : kNegInf;
     }
   }
 }

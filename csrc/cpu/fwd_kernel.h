@@ -1,12 +1,14 @@
 // Fused attention forward on CPU (included per instruction set after vec.h and tiles.h).
 //
 // One work item = (batch b, head h, query tile of BLOCK_M rows). Per key tile of BLOCK_N keys:
-//   S^T = K_tile Q^T                  (BLOCK_N x BLOCK_M, log2 units: Q is pre-scaled)
+//   S^T = K_tile Q^T                  (BLOCK_N x BLOCK_M, natural units: Q is pre-scaled)
 //   S^T = softcap / ALiBi / bias / visibility mask           (only the options in use)
-//   m' = max(m, colmax S^T); P^T = 2^(S^T - m'); l = l 2^(m - m') + colsum P^T
-//   O^T = O^T 2^(m - m') + V_tile^T P^T                      (D x BLOCK_M)
-// then out = O / l, lse = (m + log2 l) ln 2. Key tiles outside the causal/local window of the
-// query tile are never visited; the mask runs only on tiles that straddle a window edge.
+//   m' = max(m, colmax S^T); P^T = 2^((S^T - m') log2 e); l = l 2^((m - m') log2 e) + colsum P^T
+//   O^T = O^T 2^((m - m') log2 e) + V_tile^T P^T              (D x BLOCK_M)
+// then out = O / l, lse = m + ln l. The max is subtracted before the log2(e) factor, so finite
+// scores as low as -FLT_MAX (finfo.min masks) never overflow to -inf (docs/design.md §3). Key
+// tiles outside the causal/local window of the query tile are never visited; the mask runs only
+// on tiles that straddle a window edge.
 
 namespace fwd {
 
@@ -47,8 +49,10 @@ static void tile_scores(float* st, const float* qt, const float* k, int64_t k_ro
 }
 
 // O^T[d0 + r][i] = O^T[d0 + r][i] alpha[i] + sum_j V[j][d0 + r] P^T[j][i], MR feature rows,
-// one query block. ot, pt: row stride BLOCK_M; v: key rows starting at feature d0.
-template <int MR>
+// one query block. ot, pt: row stride BLOCK_M; v: key rows starting at feature d0. kHidden:
+// keys hidden from a query (P^T = -0, see online_softmax_update) add nothing to it, even where
+// their V is NaN or Inf (docs/design.md §3); used only for tiles holding such values.
+template <int MR, bool kHidden>
 static inline void pv_block(float* ot, const float* pt, const float* v, int64_t v_row_stride, int n,
                             const float* alpha) {
   vf acc[MR][VECS_PER_BLOCK];
@@ -66,7 +70,12 @@ static inline void pv_block(float* ot, const float* pt, const float* v, int64_t 
     for (int r = 0; r < MR; ++r) {
       const vf vb = splat(v[j * v_row_stride + r]);
 #pragma GCC unroll 8
-      for (int c = 0; c < VECS_PER_BLOCK; ++c) acc[r][c] += vb * p[c];
+      for (int c = 0; c < VECS_PER_BLOCK; ++c) {
+        if (kHidden)
+          acc[r][c] = is_hidden(p[c]) ? acc[r][c] : acc[r][c] + vb * p[c];
+        else
+          acc[r][c] += vb * p[c];
+      }
     }
   }
 #pragma GCC unroll 8
@@ -76,37 +85,47 @@ static inline void pv_block(float* ot, const float* pt, const float* v, int64_t 
 }
 
 // O^T (D x BLOCK_M) = O^T diag(alpha) + V[0:n]^T P^T.
+template <bool kHidden>
 static void tile_accumulate(float* ot, const float* pt, const float* v, int64_t v_row_stride, int n,
                             int64_t head_dim, const float* alpha) {
   for (int ib = 0; ib < BLOCK_M; ib += VECS_PER_BLOCK * W) {
     int64_t d = 0;
     for (; d + MICRO_ROWS <= head_dim; d += MICRO_ROWS)
-      pv_block<MICRO_ROWS>(ot + d * BLOCK_M + ib, pt + ib, v + d, v_row_stride, n, alpha + ib);
-    for (; d < head_dim; ++d) pv_block<1>(ot + d * BLOCK_M + ib, pt + ib, v + d, v_row_stride, n, alpha + ib);
+      pv_block<MICRO_ROWS, kHidden>(ot + d * BLOCK_M + ib, pt + ib, v + d, v_row_stride, n, alpha + ib);
+    for (; d < head_dim; ++d)
+      pv_block<1, kHidden>(ot + d * BLOCK_M + ib, pt + ib, v + d, v_row_stride, n, alpha + ib);
   }
 }
 
-// s = cap * tanh(s) with cap in log2 units (Q was scaled by softmax_scale / softcap).
-static void apply_softcap(float* st, int n, float cap_log2) {
-  for (int64_t x = 0; x < int64_t(n) * BLOCK_M; x += W) store(st + x, cap_log2 * tanhv(load(st + x)));
+// Whether any of V[0:n][0:head_dim] is NaN or Inf.
+static bool any_nonfinite(const float* v, int64_t v_row_stride, int n, int64_t head_dim) {
+  for (int j = 0; j < n; ++j)
+    for (int64_t d = 0; d < head_dim; ++d)
+      if (!std::isfinite(v[j * v_row_stride + d])) return true;
+  return false;
 }
 
-// s -= slope |i + offset - j| (slope in log2 units) for queries i0.. and keys j0..
-static void apply_alibi(float* st, int n, float slope_log2, int64_t i0, int64_t j0, int64_t offset) {
+// s = cap * tanh(s) (Q was scaled by softmax_scale / softcap).
+static void apply_softcap(float* st, int n, float cap) {
+  for (int64_t x = 0; x < int64_t(n) * BLOCK_M; x += W) store(st + x, cap * tanhv(load(st + x)));
+}
+
+// s -= slope |i + offset - j| for queries i0.. and keys j0..
+static void apply_alibi(float* st, int n, float slope, int64_t i0, int64_t j0, int64_t offset) {
   for (int j = 0; j < n; ++j)
     for (int c = 0; c < VECS_M; ++c) {
       const vf dist = iota(float(i0 + c * W + offset - (j0 + j)));
       float* s = st + j * BLOCK_M + c * W;
-      store(s, load(s) - slope_log2 * (dist < 0 ? -dist : dist));
+      store(s, load(s) - slope * (dist < 0 ? -dist : dist));
     }
 }
 
-// s += bias[i][j] log2(e) for the `rows` real queries of the tile.
+// s += bias[i][j] for the `rows` real queries of the tile.
 static void apply_bias(float* st, int n, int rows, const float* bias, int64_t row_stride, int64_t col_stride,
                        int64_t i0, int64_t j0) {
   for (int j = 0; j < n; ++j)
     for (int i = 0; i < rows; ++i)
-      st[j * BLOCK_M + i] += kLog2e * bias[(i0 + i) * row_stride + (j0 + j) * col_stride];
+      st[j * BLOCK_M + i] += bias[(i0 + i) * row_stride + (j0 + j) * col_stride];
 }
 
 // -inf where key j is outside query i's window: visible iff
@@ -124,9 +143,10 @@ static void apply_visibility_mask(float* st, int n, int64_t i0, int64_t j0, int6
     }
 }
 
-// The online-softmax step over one key tile: updates the running max m and sum l (log2
-// units), turns S^T into P^T in place and returns the rescale factors 2^(m_old - m_new).
+// The online-softmax step over one key tile: updates the running max m and sum l (natural
+// units), turns S^T into P^T in place and returns the rescale factors e^(m_old - m_new).
 // A row that has seen only -inf keeps m = -inf; it subtracts 0 instead, so no inf - inf.
+// Hidden keys (score -inf) get P = -0 (softmax_probs), which tile_accumulate<true> skips.
 static void online_softmax_update(float* st, int n, float* m, float* l, float* alpha) {
   for (int c = 0; c < VECS_M; ++c) {
     vf tile_max = splat(kNegInf);
@@ -134,11 +154,11 @@ static void online_softmax_update(float* st, int n, float* m, float* l, float* a
     const vf m_old = load(m + c * W);
     const vf m_new = vmax(m_old, tile_max);
     const vf m_use = m_new == splat(kNegInf) ? splat(0.f) : m_new;
-    const vf a = exp2v(m_old - m_use);
+    const vf a = exp2v((m_old - m_use) * kLog2e);
     vf sum = splat(0.f);
     for (int j = 0; j < n; ++j) {
       float* s = st + j * BLOCK_M + c * W;
-      const vf p = exp2v(load(s) - m_use);
+      const vf p = softmax_probs(load(s), m_use);
       store(s, p);
       sum += p;
     }
@@ -176,9 +196,9 @@ static void forward_tile(const FwdParams& p, const KV& kv, Workspace& w, int64_t
   const int64_t left = p.window_left, right = p.window_right;
   const int64_t esize = dtype_size(p.dtype);
 
-  // Q^T (D x BLOCK_M), scaled into log2 units (or by 1/softcap before the tanh); padding rows 0.
+  // Q^T (D x BLOCK_M), scaled by softmax_scale (or by scale / softcap before the tanh); padding rows 0.
   const bool softcap = p.softcap > 0.f;
-  const float q_scale = softcap ? p.softmax_scale / p.softcap : p.softmax_scale * kLog2e;
+  const float q_scale = softcap ? p.softmax_scale / p.softcap : p.softmax_scale;
   float* row = w.q_row;
   for (int i = 0; i < BLOCK_M; ++i) {
     if (i < rows) {
@@ -200,20 +220,24 @@ static void forward_tile(const FwdParams& p, const KV& kv, Workspace& w, int64_t
   const float* bias = p.bias ? reinterpret_cast<const float*>(p.bias) + b * p.bias_batch_stride +
                                    h * p.bias_head_stride
                              : nullptr;
-  const float slope_log2 = p.alibi_slopes ? reinterpret_cast<const float*>(p.alibi_slopes)[b * p.n_heads + h] * kLog2e : 0.f;
+  const float slope = p.alibi_slopes ? reinterpret_cast<const float*>(p.alibi_slopes)[b * p.n_heads + h] : 0.f;
   for (int64_t j0 = key_lo; j0 < key_hi; j0 += BLOCK_N) {
     const int n = int(std::min<int64_t>(BLOCK_N, key_hi - j0));
     tile_scores(w.st, w.qt, k + j0 * kv.k_row_stride, kv.k_row_stride, n, head_dim);
-    if (softcap) apply_softcap(w.st, n, p.softcap * kLog2e);
-    if (p.alibi_slopes) apply_alibi(w.st, n, slope_log2, i0, j0, offset);
+    if (softcap) apply_softcap(w.st, n, p.softcap);
+    if (p.alibi_slopes) apply_alibi(w.st, n, slope, i0, j0, offset);
     if (bias) apply_bias(w.st, n, rows, bias, p.bias_row_stride, p.bias_col_stride, i0, j0);
     const bool inside = (right < 0 || j0 + n - 1 <= i0 + offset + right) && (left < 0 || j0 >= last + offset - left);
     if (!inside) apply_visibility_mask(w.st, n, i0, j0, offset, left, right);
     online_softmax_update(w.st, n, w.m, w.l, w.alpha);
-    tile_accumulate(w.ot, w.st, v + j0 * kv.v_row_stride, kv.v_row_stride, n, head_dim, w.alpha);
+    const float* v_tile = v + j0 * kv.v_row_stride;
+    if ((bias || !inside) && any_nonfinite(v_tile, kv.v_row_stride, n, head_dim))
+      tile_accumulate<true>(w.ot, w.st, v_tile, kv.v_row_stride, n, head_dim, w.alpha);
+    else
+      tile_accumulate<false>(w.ot, w.st, v_tile, kv.v_row_stride, n, head_dim, w.alpha);
   }
 
-  // out = O / l (0 for rows that saw nothing), lse = (m + log2 l) ln 2 (-inf for those rows).
+  // out = O / l (0 for rows that saw nothing), lse = m + ln l (-inf for those rows).
   float* lse = reinterpret_cast<float*>(p.lse) + b * p.lse_batch_stride + h * p.lse_head_stride;
   for (int i = 0; i < rows; ++i) {
     const float l = w.l[i];
@@ -221,7 +245,7 @@ static void forward_tile(const FwdParams& p, const KV& kv, Workspace& w, int64_t
     void* out = reinterpret_cast<char*>(p.out) +
                 (b * p.out_batch_stride + (i0 + i) * p.out_row_stride + h * p.out_head_stride) * esize;
     for (int64_t d = 0; d < head_dim; ++d) store_elem(out, d, p.dtype, w.ot[d * BLOCK_M + i] * inv);
-    lse[i0 + i] = l > 0.f ? (w.m[i] + std::log2(l)) * kLn2 : kNegInf;
+    lse[i0 + i] = l > 0.f ? w.m[i] + std::log(l) : kNegInf;
   }
 }
 

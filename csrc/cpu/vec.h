@@ -8,7 +8,6 @@ typedef float vf __attribute__((vector_size(ATTN_CPU_VEC_BYTES)));
 typedef int32_t vi __attribute__((vector_size(ATTN_CPU_VEC_BYTES)));
 
 constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
 constexpr float kNegInf = -__builtin_inff();
 
 // A broadcast. Written as x * 1 because x * 1 folds to a plain broadcast; `vf{} + x` leaves a
@@ -76,6 +75,16 @@ static inline vf exp2v(vf x) {
   const vf scale = (vf)((ni + 127) << 23);
   return dead ? splat(0.f) : p * scale;
 }
+
+// Softmax probabilities e^(s - m) = 2^((s - m) log2 e) for scores s and a finite row max m
+// (natural units; the max is subtracted first, so no finite s overflows). A hidden key
+// (s = -inf) gets -0 instead of +0, so that P V can tell it from a probability that underflowed
+// (is_hidden), docs/design.md §3.
+static inline vf softmax_probs(vf s, vf m) {
+  const vf p = exp2v((s - m) * kLog2e);
+  return s == splat(kNegInf) ? splat(-0.f) : p;
+}
+static inline vi is_hidden(vf p) { return (vi)p == (vi)splat(-0.f); }
 
 // tanh(x) = sign(x) (1 - e) / (1 + e), e = 2^(-2 log2(e) |x|): no overflow for any x.
 static inline vf tanhv(vf x) {
