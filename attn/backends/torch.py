@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from attn import reference
 from attn.backends.reference import ALL_FORWARD, REFERENCE
+from attn.core.alloc import in_layout_of
 from attn.core.spec import INPUT_OPTIONS, AttentionSpec
 
 
@@ -55,7 +56,7 @@ class TorchSDPABackend:
             out = F.scaled_dot_product_attention(
                 qt, kt, vt, is_causal=simple_causal, scale=spec.softmax_scale, enable_gqa=gqa
             )
-            return out.masked_fill(nan_rows, float("nan")).transpose(1, 2), None
+            return in_layout_of(q, out.masked_fill(nan_rows, float("nan")).transpose(1, 2)), None
         keep = reference.visibility(
             batch, seqlen_q, seqlen_k, causal=spec.causal, bottom_right=spec.bottom_right,
             window_size=spec.window_size, device=q.device,
@@ -76,7 +77,7 @@ class TorchSDPABackend:
         # SDPA yields NaN for rows that see no key; the contract says 0.
         dead = torch.isneginf(bias).all(dim=-1, keepdim=True).expand(out.shape[:-1] + (1,))
         out = out.masked_fill(nan_rows, float("nan")).masked_fill(dead, 0.0)
-        return out.to(q.dtype).transpose(1, 2), None
+        return in_layout_of(q, out.to(q.dtype).transpose(1, 2)), None
 
 
 TORCH = TorchSDPABackend()
