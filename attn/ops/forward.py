@@ -120,5 +120,9 @@ class _FlashAttnForward(torch.autograd.Function):
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec, backend: str):
-    """Differentiable ``(out, lse)`` for ``spec`` through the op (eager autograd and ``torch.func``)."""
+    """Differentiable ``(out, lse)`` for ``spec`` through the op: in eager mode through the Function
+    (autograd and ``torch.func``), while compiling through the op itself, whose registered formula
+    AOTAutograd traces (Dynamo cannot trace the Function's context in the backward)."""
+    if torch.compiler.is_compiling():
+        return flash_attn_forward(q, k, v, **spec_args(spec), backend=backend)
     return _FlashAttnForward.apply(q, k, v, *spec_args(spec).values(), backend)
