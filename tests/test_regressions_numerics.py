@@ -107,12 +107,20 @@ def test_hidden_value_row_does_not_leak_causal(backend, bad):
     _assert_nonfinite_then_parity(out[0, :, 0], expected, torch.float16)
 
 
+TRITON_FP32_HIDDEN_V_GAP = pytest.mark.xfail(
+    strict=True, reason="Triton's fp32 kernels have no register room for the non-finite pass: 0 * NaN "
+                        "for hidden keys of a partly visible tile (docs/design.md §3, README Known limits)")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("backend", MASK_BACKENDS)
-def test_hidden_value_row_does_not_leak_bool_mask(backend):
+def test_hidden_value_row_does_not_leak_bool_mask(backend, dtype, request):
     """A bool mask hides keys 2 and 5 (NaN and -Inf value rows) from some rows only."""
     _require(backend)
+    if backend == "triton" and dtype == torch.float32:
+        request.applymarker(TRITON_FP32_HIDDEN_V_GAP)
     gen = torch.Generator().manual_seed(7)
-    q, k, v = (random_tensor((1, 1, 8, 16), torch.float32, generator=gen) for _ in range(3))
+    q, k, v = (random_tensor((1, 1, 8, 16), dtype, generator=gen) for _ in range(3))
     v[0, 0, 2, 3] = math.nan
     v[0, 0, 5, :] = -math.inf
     keep = torch.rand(8, 8, generator=gen) > 0.3
@@ -122,7 +130,7 @@ def test_hidden_value_row_does_not_leak_bool_mask(backend):
     out = attn.scaled_dot_product_attention(q, k, v, attn_mask=keep, backend=backend)
     expected = _rows_over_visible(q[0, 0], k[0, 0], v[0, 0], keep, 16 ** -0.5)
     assert torch.isfinite(expected[:, :3]).any() and torch.isnan(expected[:, 3]).any()
-    _assert_nonfinite_then_parity(out[0, 0], expected, torch.float32)
+    _assert_nonfinite_then_parity(out[0, 0], expected, dtype)
 
 
 # ---- item 7 (and the cache part of item 6): slots past cache_seqlens never reach the output ----
@@ -167,6 +175,31 @@ def test_decode_ignores_garbage_past_cache_seqlens(backend, paged):
             expected = _rows_over_visible(q[b, :, h], k[b, :, 0], v[b, :, 0], visible, 32 ** -0.5)
             assert torch.isfinite(expected).all()
             _assert_nonfinite_then_parity(out[b, :, h], expected, torch.float16)
+
+
+@pytest.mark.parametrize("bad", [math.nan, -math.inf], ids=["nan", "-inf"])
+@pytest.mark.parametrize("backend", [pytest.param(b, marks=CUDA_HIDDEN_V_GAP) if b == "cuda-sim" else b
+                                     for b in DECODE_BACKENDS])
+def test_decode_hidden_value_row_does_not_leak(backend, bad):
+    """Decode with two causal new tokens over 11 keys: key 10 (the second token's own) is hidden
+    from the first token, so its non-finite value must reach the second token only; key 2 is
+    left of both tokens' window (6 keys back) and is all NaN."""
+    _require(backend)
+    gen = torch.Generator().manual_seed(9)
+    q = random_tensor((1, 2, 4, 32), torch.float16, generator=gen)
+    k = random_tensor((1, 16, 2, 32), torch.float16, generator=gen)
+    v = random_tensor((1, 16, 2, 32), torch.float16, generator=gen)
+    v[0, 10, :, 5] = bad
+    v[0, 2] = math.nan
+    seqlens = torch.tensor([11], dtype=torch.int32)
+    out = attn.flash_attn_with_kvcache(q, k, v, cache_seqlens=seqlens, causal=True, window_size=(6, 0),
+                                       backend=backend)
+    pos = torch.arange(16)
+    visible = (pos[None, :] <= torch.tensor([9, 10])[:, None]) & (pos[None, :] >= torch.tensor([3, 4])[:, None])
+    for h in range(4):
+        expected = _rows_over_visible(q[0, :, h], k[0, :, h // 2], v[0, :, h // 2], visible, 32 ** -0.5)
+        assert torch.isfinite(expected[0]).all() and not torch.isfinite(expected[1, 5])
+        _assert_nonfinite_then_parity(out[0, :, h], expected, torch.float16)
 
 
 # ---- item 5: cpu fp32 accuracy for large scale * D --------------------------------------------

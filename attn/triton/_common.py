@@ -78,30 +78,44 @@ def _online_softmax_update(s, m_i, l_i):
 
 
 @triton.jit
-def _pv_visible(p, v, s, acc, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
-    """``acc + p @ v`` (p (BLOCK_M, BLOCK_N) fp32, v (BLOCK_N, BLOCK_D)) in which a key hidden from a
-    row (score ``s == -inf``) contributes nothing to it, even where its ``v`` is NaN or Inf
-    (docs/design.md §3): the product runs on ``v`` with non-finite values zeroed, then, only for
-    tiles that hold any, the IEEE result of the non-finite values over the visible keys is put
-    back from 0/1 indicator products (exact counts): NaN from a visible NaN, from an Inf times
-    ``p = 0`` or from Infs of both signs; otherwise the Inf's sign."""
-    finite = tl.abs(v.to(tl.float32)) < float("inf")  # False for NaN and +-Inf
-    p_in = p.to(v.dtype)
-    acc = _dot(p_in, tl.where(finite, v, 0.0).to(v.dtype), acc, DOT_FP32, PRECISION)
-    if tl.sum((~finite).to(tl.int32)) > 0:
-        vis = s != float("-inf")
-        seen = vis.to(tl.float32)
-        seen_zero = (vis & (p_in == 0.0)).to(tl.float32)
-        seen_pos = (vis & (p_in > 0.0)).to(tl.float32)
-        vf = v.to(tl.float32)
-        zero = tl.zeros(acc.shape, dtype=tl.float32)
-        n_nan = tl.dot(seen, (vf != vf).to(tl.float32), zero, input_precision="ieee")
-        n_nan = tl.dot(seen_zero, (tl.abs(vf) == float("inf")).to(tl.float32), n_nan, input_precision="ieee")
-        n_pos = tl.dot(seen_pos, (vf == float("inf")).to(tl.float32), zero, input_precision="ieee")
-        n_neg = tl.dot(seen_pos, (vf == float("-inf")).to(tl.float32), zero, input_precision="ieee")
-        acc = tl.where(n_pos > 0.0, acc + float("inf"), acc)
-        acc = tl.where(n_neg > 0.0, acc - float("inf"), acc)
-        acc = tl.where(n_nan > 0.0, float("nan"), acc)
+def _pv_finite(p, v, acc, bad, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
+    """``acc + p @ v`` with the NaN/Inf values of ``v`` left out, and ``bad`` (int32 scalar) raised
+    to 1 when the tile holds any. Used on tiles where some key may be hidden from some row: a
+    hidden key's NaN or Inf ``v`` must not reach the row (docs/design.md §3), and ``0 * NaN`` in
+    the product would. The visible keys' non-finite values are put back by
+    :func:`_pv_nonfinite` in a second pass over the tiles, run only when ``bad`` is set, so the
+    main loop keeps the registers of a plain ``p @ v``."""
+    finite = tl.abs(v) < float("inf")  # False for NaN and +-Inf
+    bad = tl.maximum(bad, tl.max(tl.where(finite, 0, 1)))
+    return _dot(p, tl.where(finite, v, 0.0).to(v.dtype), acc, DOT_FP32, PRECISION), bad
+
+
+@triton.jit
+def _probs_hidden(s, m):
+    """Probabilities ``exp(s - m)`` against the final row max ``m`` (BLOCK_M,), with the keys
+    hidden from a row (``s = -inf``) as ``-0.0``: a zero :func:`_pv_nonfinite` tells apart from
+    a visible key whose probability underflowed (``+0.0``)."""
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    p = tl.exp2((s - m_safe[:, None]) * 1.4426950408889634)
+    return tl.where(s == float("-inf"), -0.0, p)
+
+
+@triton.jit
+def _pv_nonfinite(p, v_base, v_rows, n_keys, offs_d, d_ok, acc):
+    """``acc`` plus the non-finite part of ``p @ v``, one key at a time: key ``j < n_keys`` (the
+    tile's keys inside the sequence; its V row at ``v_base + v_rows[j]``) adds ``p[i, j] * v[j, d]`` for each
+    NaN/Inf ``v[j, d]`` to every row ``i`` that sees it, so IEEE rules give the row NaN (a NaN,
+    an Inf times an underflowed ``p = +0.0``, Infs of both signs) or the Inf's sign; rows the key
+    is hidden from (``p = -0.0``, :func:`_probs_hidden`) get nothing. Vectors only: no V tile and
+    no second accumulator in registers."""
+    keys = tl.arange(0, p.shape[1])
+    for j in tl.range(0, n_keys, num_stages=1):
+        p_j = tl.min(tl.where(keys[None, :] == j, p, 1.0), 1)  # (BLOCK_M,), keeps a zero's sign
+        hidden_j = p_j.to(tl.int32, bitcast=True) < 0
+        row_j = tl.sum(tl.where(keys == j, v_rows, 0))
+        v_j = tl.load(v_base + row_j + offs_d, mask=d_ok, other=0.0).to(tl.float32)  # (BLOCK_D,)
+        bad_j = tl.where(tl.abs(v_j) < float("inf"), 0.0, v_j)
+        acc = acc + tl.where(hidden_j[:, None], 0.0, p_j[:, None] * bad_j[None, :])
     return acc
 
 

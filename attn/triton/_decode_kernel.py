@@ -19,7 +19,9 @@ final out/lse directly when ``n_splits == 1``); :mod:`attn.triton._decode_combin
 import triton
 import triton.language as tl
 
-from attn.triton._common import _dot, _key_tile_bounds, _online_softmax_update, _pv_visible, _scores, _visible
+from attn.triton._common import (
+    _dot, _key_tile_bounds, _online_softmax_update, _probs_hidden, _pv_finite, _pv_nonfinite, _scores, _visible,
+)
 
 
 @triton.jit
@@ -34,15 +36,18 @@ def _key_rows(offs_n, n_ok, block_table_row, page_size, PAGED: tl.constexpr):
 
 
 @triton.jit
-def _decode_tiles(acc, m_i, l_i, q, k_base, v_base, block_table_row,
+def _decode_tiles(acc, m_i, l_i, bad, q, k_base, v_base, block_table_row,
                   stride_kp, stride_kn, stride_vp, stride_vn, page_size,
                   offs_m, offs_d, head_dim, seqlen_k, diag_offset, window_left, window_right,
                   sm_scale, softcap, alibi_slope, lo, hi,
                   BLOCK_N: tl.constexpr, MASKED: tl.constexpr, PAGED: tl.constexpr,
                   HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, DOT_FP32: tl.constexpr,
-                  PRECISION: tl.constexpr):
+                  PRECISION: tl.constexpr, NONFINITE_PASS: tl.constexpr):
     """Online softmax over key tiles [lo, hi). ``MASKED`` tiles apply the visibility rule;
-    unmasked ones are known to be fully visible to every row and inside the sequence."""
+    unmasked ones are known to be fully visible to every row and inside the sequence. Masked
+    tiles leave NaN/Inf values of V out and set ``bad`` when they meet one; ``NONFINITE_PASS``
+    is the second pass that then adds them back to the rows that see them, with ``m_i`` the
+    split's final row max (docs/design.md §3)."""
     d_ok = offs_d < head_dim
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -59,13 +64,17 @@ def _decode_tiles(acc, m_i, l_i, q, k_base, v_base, block_table_row,
         s = _scores(qk, offs_m, offs_n, diag_offset, sm_scale, softcap, alibi_slope, HAS_SOFTCAP, HAS_ALIBI)
         if MASKED:
             s = tl.where(_visible(offs_m, offs_n, seqlen_k, diag_offset, window_left, window_right), s, float("-inf"))
-        p, alpha, m_i, l_i = _online_softmax_update(s, m_i, l_i)
-        v = tl.load(v_base + v_rows[:, None] + offs_d[None, :], mask=tl.trans(kv_mask), other=0.0)  # (BLOCK_N, BLOCK_D)
-        if MASKED:
-            acc = _pv_visible(p, v, s, acc * alpha[:, None], DOT_FP32, PRECISION)
+        if NONFINITE_PASS:
+            acc = _pv_nonfinite(_probs_hidden(s, m_i), v_base, v_rows, tl.minimum(seqlen_k - start_n, BLOCK_N),
+                                offs_d, d_ok, acc)
         else:
-            acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_FP32, PRECISION)
-    return acc, m_i, l_i
+            p, alpha, m_i, l_i = _online_softmax_update(s, m_i, l_i)
+            v = tl.load(v_base + v_rows[:, None] + offs_d[None, :], mask=tl.trans(kv_mask), other=0.0)  # (BLOCK_N, BLOCK_D)
+            if MASKED and v.dtype != tl.float32:  # fp32: docs/design.md §3, README Known limits
+                acc, bad = _pv_finite(p.to(v.dtype), v, acc * alpha[:, None], bad, DOT_FP32, PRECISION)
+            else:
+                acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_FP32, PRECISION)
+    return acc, m_i, l_i, bad
 
 
 @triton.jit
@@ -131,19 +140,29 @@ def _decode_split_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    acc, m_i, l_i = _decode_tiles(
-        acc, m_i, l_i, q, k_base, v_base, block_table_row, stride_kb, stride_kn, stride_vb, stride_vn, page_size,
+    bad = tl.zeros([], dtype=tl.int32)
+    acc, m_i, l_i, bad = _decode_tiles(
+        acc, m_i, l_i, bad, q, k_base, v_base, block_table_row, stride_kb, stride_kn, stride_vb, stride_vn, page_size,
         token, offs_d, head_dim, seqlen_k, diag_offset, window_left, window_right, sm_scale, softcap, alibi_slope,
-        lo, tl.minimum(hi, mid_lo), BLOCK_N, True, PAGED, HAS_SOFTCAP, HAS_ALIBI, DOT_FP32, PRECISION)
-    acc, m_i, l_i = _decode_tiles(
-        acc, m_i, l_i, q, k_base, v_base, block_table_row, stride_kb, stride_kn, stride_vb, stride_vn, page_size,
+        lo, tl.minimum(hi, mid_lo), BLOCK_N, True, PAGED, HAS_SOFTCAP, HAS_ALIBI, DOT_FP32, PRECISION, False)
+    acc, m_i, l_i, bad = _decode_tiles(
+        acc, m_i, l_i, bad, q, k_base, v_base, block_table_row, stride_kb, stride_kn, stride_vb, stride_vn, page_size,
         token, offs_d, head_dim, seqlen_k, diag_offset, window_left, window_right, sm_scale, softcap, alibi_slope,
         tl.maximum(lo, mid_lo), tl.minimum(hi, mid_hi), BLOCK_N, False, PAGED, HAS_SOFTCAP, HAS_ALIBI, DOT_FP32,
-        PRECISION)
-    acc, m_i, l_i = _decode_tiles(
-        acc, m_i, l_i, q, k_base, v_base, block_table_row, stride_kb, stride_kn, stride_vb, stride_vn, page_size,
+        PRECISION, False)
+    acc, m_i, l_i, bad = _decode_tiles(
+        acc, m_i, l_i, bad, q, k_base, v_base, block_table_row, stride_kb, stride_kn, stride_vb, stride_vn, page_size,
         token, offs_d, head_dim, seqlen_k, diag_offset, window_left, window_right, sm_scale, softcap, alibi_slope,
-        tl.maximum(lo, mid_hi), hi, BLOCK_N, True, PAGED, HAS_SOFTCAP, HAS_ALIBI, DOT_FP32, PRECISION)
+        tl.maximum(lo, mid_hi), hi, BLOCK_N, True, PAGED, HAS_SOFTCAP, HAS_ALIBI, DOT_FP32, PRECISION, False)
+
+    if V.dtype.element_ty != tl.float32:  # fp32 tiles never set bad (see the tile loop)
+        if bad > 0:
+            # Rare: a masked tile held NaN/Inf in V. The split's tiles again (unmasked ones already
+            # added theirs, and adding a NaN/Inf twice changes nothing), against the final max.
+            acc, m_i, l_i, bad = _decode_tiles(
+                acc, m_i, l_i, bad, q, k_base, v_base, block_table_row, stride_kb, stride_kn, stride_vb, stride_vn,
+                page_size, token, offs_d, head_dim, seqlen_k, diag_offset, window_left, window_right, sm_scale, softcap,
+                alibi_slope, lo, hi, BLOCK_N, True, PAGED, HAS_SOFTCAP, HAS_ALIBI, DOT_FP32, PRECISION, True)
 
     # Rows that saw no key in this split: out = 0, lse = -inf (the combine gives them weight 0).
     seen = l_i > 0.0

@@ -13,18 +13,23 @@ natural-log LSE once.
 import triton
 import triton.language as tl
 
-from attn.triton._common import _dot, _key_tile_bounds, _online_softmax_update, _pv_visible, _scores, _visible
+from attn.triton._common import (
+    _dot, _key_tile_bounds, _online_softmax_update, _probs_hidden, _pv_finite, _pv_nonfinite, _scores, _visible,
+)
 
 
 @triton.jit
-def _fwd_tiles(acc, m_i, l_i, q, k_base, v_base, bias_base, stride_kn, stride_vn, stride_bn,
+def _fwd_tiles(acc, m_i, l_i, bad, q, k_base, v_base, bias_base, stride_kn, stride_vn, stride_bn,
                offs_m, offs_d, head_dim, seqlen_k, diag_offset, window_left, window_right,
                sm_scale, softcap, alibi_slope, lo, hi,
                BLOCK_N: tl.constexpr, MASKED: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
                HAS_ALIBI: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_FP32: tl.constexpr,
-               PRECISION: tl.constexpr):
+               PRECISION: tl.constexpr, NONFINITE_PASS: tl.constexpr):
     """Online softmax over key tiles [lo, hi). ``MASKED`` tiles apply the visibility rule;
-    unmasked ones are known to be fully visible and in bounds."""
+    unmasked ones are known to be fully visible and in bounds. Tiles where a key may be hidden
+    from a row (masked or biased) leave NaN/Inf values of V out and set ``bad`` when they meet
+    one; ``NONFINITE_PASS`` is the second pass that then adds them back to the rows that see
+    them, with ``m_i`` the final row max (docs/design.md §3)."""
     d_ok = offs_d < head_dim
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -40,13 +45,17 @@ def _fwd_tiles(acc, m_i, l_i, q, k_base, v_base, bias_base, stride_kn, stride_vn
             s = s + bias
         if MASKED:
             s = tl.where(_visible(offs_m, offs_n, seqlen_k, diag_offset, window_left, window_right), s, float("-inf"))
-        p, alpha, m_i, l_i = _online_softmax_update(s, m_i, l_i)
-        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=tl.trans(kv_mask), other=0.0)
-        if MASKED or HAS_BIAS:
-            acc = _pv_visible(p, v, s, acc * alpha[:, None], DOT_FP32, PRECISION)
+        if NONFINITE_PASS:
+            acc = _pv_nonfinite(_probs_hidden(s, m_i), v_base, offs_n.to(tl.int64) * stride_vn,
+                                tl.minimum(seqlen_k - start_n, BLOCK_N), offs_d, d_ok, acc)
         else:
-            acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_FP32, PRECISION)
-    return acc, m_i, l_i
+            p, alpha, m_i, l_i = _online_softmax_update(s, m_i, l_i)
+            v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=tl.trans(kv_mask), other=0.0)
+            if (MASKED or HAS_BIAS) and v.dtype != tl.float32:  # fp32: docs/design.md §3, README Known limits
+                acc, bad = _pv_finite(p.to(v.dtype), v, acc * alpha[:, None], bad, DOT_FP32, PRECISION)
+            else:
+                acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_FP32, PRECISION)
+    return acc, m_i, l_i, bad
 
 
 @triton.jit
@@ -93,18 +102,27 @@ def _attn_fwd_kernel(
     row_last = tl.minimum(pid_m * BLOCK_M + BLOCK_M, seqlen_q) - 1
     start, mid_lo, mid_hi, end = _key_tile_bounds(
         pid_m * BLOCK_M, row_last, seqlen_k, diag_offset, window_left, window_right, BLOCK_N)
-    acc, m_i, l_i = _fwd_tiles(
-        acc, m_i, l_i, q, k_base, v_base, bias_base, stride_kn, stride_vn, stride_bn, offs_m, offs_d,
+    bad = tl.zeros([], dtype=tl.int32)
+    acc, m_i, l_i, bad = _fwd_tiles(
+        acc, m_i, l_i, bad, q, k_base, v_base, bias_base, stride_kn, stride_vn, stride_bn, offs_m, offs_d,
         head_dim, seqlen_k, diag_offset, window_left, window_right, sm_scale, softcap, alibi_slope,
-        start, mid_lo, BLOCK_N, True, HAS_SOFTCAP, HAS_ALIBI, HAS_BIAS, DOT_FP32, PRECISION)
-    acc, m_i, l_i = _fwd_tiles(
-        acc, m_i, l_i, q, k_base, v_base, bias_base, stride_kn, stride_vn, stride_bn, offs_m, offs_d,
+        start, mid_lo, BLOCK_N, True, HAS_SOFTCAP, HAS_ALIBI, HAS_BIAS, DOT_FP32, PRECISION, False)
+    acc, m_i, l_i, bad = _fwd_tiles(
+        acc, m_i, l_i, bad, q, k_base, v_base, bias_base, stride_kn, stride_vn, stride_bn, offs_m, offs_d,
         head_dim, seqlen_k, diag_offset, window_left, window_right, sm_scale, softcap, alibi_slope,
-        mid_lo, mid_hi, BLOCK_N, False, HAS_SOFTCAP, HAS_ALIBI, HAS_BIAS, DOT_FP32, PRECISION)
-    acc, m_i, l_i = _fwd_tiles(
-        acc, m_i, l_i, q, k_base, v_base, bias_base, stride_kn, stride_vn, stride_bn, offs_m, offs_d,
+        mid_lo, mid_hi, BLOCK_N, False, HAS_SOFTCAP, HAS_ALIBI, HAS_BIAS, DOT_FP32, PRECISION, False)
+    acc, m_i, l_i, bad = _fwd_tiles(
+        acc, m_i, l_i, bad, q, k_base, v_base, bias_base, stride_kn, stride_vn, stride_bn, offs_m, offs_d,
         head_dim, seqlen_k, diag_offset, window_left, window_right, sm_scale, softcap, alibi_slope,
-        mid_hi, end, BLOCK_N, True, HAS_SOFTCAP, HAS_ALIBI, HAS_BIAS, DOT_FP32, PRECISION)
+        mid_hi, end, BLOCK_N, True, HAS_SOFTCAP, HAS_ALIBI, HAS_BIAS, DOT_FP32, PRECISION, False)
+    if V.dtype.element_ty != tl.float32:  # fp32 tiles never set bad (see the tile loop)
+        if bad > 0:
+            # Rare: some tile held NaN/Inf in V. Every tile again (unmasked ones already added theirs,
+            # and adding a NaN/Inf twice changes nothing), against the final max.
+            acc, m_i, l_i, bad = _fwd_tiles(
+                acc, m_i, l_i, bad, q, k_base, v_base, bias_base, stride_kn, stride_vn, stride_bn, offs_m, offs_d,
+                head_dim, seqlen_k, diag_offset, window_left, window_right, sm_scale, softcap, alibi_slope,
+                start, end, BLOCK_N, True, HAS_SOFTCAP, HAS_ALIBI, HAS_BIAS, DOT_FP32, PRECISION, True)
 
     # Rows that saw no key: out = 0, lse = -inf (never 0/0).
     seen = l_i > 0.0
