@@ -60,10 +60,16 @@ def _attn_bwd_preprocess_kernel(
 
 
 @triton.jit
+def _lse_for_probs(lse):
+    """Rows that saw no key (lse = -inf) get +inf, so that :func:`_probs` gives them P = 0
+    rather than NaN or inf."""
+    return tl.where(lse == float("-inf"), float("inf"), lse)
+
+
+@triton.jit
 def _probs(s, lse):
-    """P = exp(s - lse) (natural units, docs/design.md §3). Rows that saw no key (lse = -inf)
-    subtract +inf instead, so their P is 0 rather than NaN or inf."""
-    return tl.exp2((s - tl.where(lse == float("-inf"), float("inf"), lse)) * 1.4426950408889634)
+    """P = exp(s - lse), natural units (docs/design.md §3); ``lse`` from :func:`_lse_for_probs`."""
+    return tl.exp(s - lse)
 
 
 @triton.jit
@@ -88,11 +94,11 @@ def _bwd_dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, bias_ba
         m_ok = offs_m < seqlen_q
         if MASKED:
             q_mask = m_ok[:, None] & d_ok[None, :]
-            lse = tl.load(lse_base + offs_m, mask=m_ok, other=float("-inf"))
+            lse = _lse_for_probs(tl.load(lse_base + offs_m, mask=m_ok, other=float("-inf")))
             delta = tl.load(delta_base + offs_m, mask=m_ok, other=0.0)
         else:
             q_mask = d_ok[None, :]
-            lse = tl.load(lse_base + offs_m)
+            lse = _lse_for_probs(tl.load(lse_base + offs_m))
             delta = tl.load(delta_base + offs_m)
         q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=q_mask, other=0.0)  # (M, D)
         do = tl.load(do_base + offs_m[:, None] * stride_dom + offs_d[None, :], mask=q_mask, other=0.0)  # (M, D)
@@ -247,7 +253,7 @@ def _attn_bwd_dq_kernel(
     do = tl.load(DOut + batch.to(tl.int64) * stride_dob + head * stride_doh + offs_m[:, None] * stride_dom
                  + offs_d[None, :], mask=q_mask, other=0.0)  # (M, D)
     row = pid_bh.to(tl.int64) * seqlen_q + offs_m
-    lse = tl.load(Lse + row, mask=m_ok, other=float("-inf"))
+    lse = _lse_for_probs(tl.load(Lse + row, mask=m_ok, other=float("-inf")))
     delta = tl.load(Delta + row, mask=m_ok, other=0.0)
     alibi_slope = 0.0
     if HAS_ALIBI:

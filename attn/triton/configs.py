@@ -38,8 +38,10 @@ _FWD_16BIT = {
 # Forward, fp32 inputs. fp32 products are exact-precision FMA (no tensor cores, no TF32), whose
 # operands live in registers: tiles must be far smaller than for 16-bit inputs to avoid spills
 # (64x64 at D=64 spilled 47 KB; 3xTF32 was worse, splitting every operand in two).
+# At D=16 a 32-wide K/V tile spilled 12 B on sm_80 once scores moved to natural units (ptxas
+# aimed at 128 registers); a 16-wide one uses 76.
 _FWD_32BIT = {
-    16: TileConfig(32, 32, 4, 2),
+    16: TileConfig(32, 16, 4, 2),
     32: TileConfig(32, 32, 4, 2),
     64: TileConfig(32, 32, 4, 2),
     128: TileConfig(32, 16, 8, 2),
@@ -95,8 +97,11 @@ class BackwardConfig:
 # warps; D=256: 500+ B), so it drops to 32 or 16 key rows with 8 warps and uses mma.sync on
 # sm_90 too. The dQ program is the forward's shape with one more dot (dP): 64 query rows up to
 # D=128 (8 warps from D=128: 4 spilled 24 B), 32 at D=256 (64 spilled 20 B).
+# With scores in natural units (one more multiply per score) ptxas aims at 128 registers in
+# some of these and spills a few bytes to meet it (sm_80 dQ at D=16: 12 B with 64-key tiles,
+# none with 32; sm_90 dK/dV with a bias at D=32: 24 B with 4 warps, none with 8).
 _BWD_16BIT = {
-    16: BackwardConfig(dkdv=TileConfig(16, 64, 4, 1), dq=TileConfig(64, 64, 4, 2)),
+    16: BackwardConfig(dkdv=TileConfig(16, 64, 4, 1), dq=TileConfig(64, 32, 4, 2)),
     32: BackwardConfig(dkdv=TileConfig(32, 64, 4, 1), dq=TileConfig(64, 64, 4, 2)),
     64: BackwardConfig(dkdv=TileConfig(16, 64, 4, 1), dq=TileConfig(64, 64, 4, 2)),
     128: BackwardConfig(dkdv=TileConfig(16, 32, 8, 1), dq=TileConfig(64, 32, 8, 2)),
@@ -106,7 +111,7 @@ _BWD_16BIT = {
 # With an additive bias each step also loads an fp32 (BLOCK_N, BLOCK_M) bias tile.
 _BWD_16BIT_BIAS = {
     16: BackwardConfig(dkdv=TileConfig(32, 64, 4, 1), dq=TileConfig(64, 64, 4, 2)),
-    32: BackwardConfig(dkdv=TileConfig(32, 64, 4, 1), dq=TileConfig(64, 64, 4, 2)),
+    32: BackwardConfig(dkdv=TileConfig(32, 64, 8, 1), dq=TileConfig(64, 64, 4, 2)),
     64: BackwardConfig(dkdv=TileConfig(16, 64, 8, 1), dq=TileConfig(64, 32, 4, 2)),
     128: BackwardConfig(dkdv=TileConfig(16, 32, 8, 1), dq=TileConfig(64, 32, 8, 2)),
     256: BackwardConfig(dkdv=TileConfig(16, 16, 8, 1), dq=TileConfig(32, 16, 8, 1)),
@@ -114,18 +119,20 @@ _BWD_16BIT_BIAS = {
 
 # fp32 inputs: exact FMA products (no tensor cores, no TF32) whose operands live in registers,
 # so tiles are small, as in the forward; ptxas's register budget moves unpredictably with the
-# warp count here (D=256 dK/dV spilled with 4 and 8 warps, not with 16), hence the mixed counts.
+# warp count here (D=256 dK/dV spilled with 4 and 8 warps, not with 16; after the move to
+# natural-unit scores the same held at D=128, and with a bias at D=32 and D=64), hence the
+# mixed counts.
 _BWD_32BIT = {
     16: BackwardConfig(dkdv=TileConfig(16, 16, 4, 1), dq=TileConfig(32, 16, 8, 2)),
     32: BackwardConfig(dkdv=TileConfig(16, 16, 8, 1), dq=TileConfig(32, 32, 4, 2)),
     64: BackwardConfig(dkdv=TileConfig(16, 32, 4, 1), dq=TileConfig(32, 32, 4, 2)),
-    128: BackwardConfig(dkdv=TileConfig(16, 32, 4, 1), dq=TileConfig(32, 16, 8, 2)),
+    128: BackwardConfig(dkdv=TileConfig(16, 32, 16, 1), dq=TileConfig(32, 16, 8, 2)),
     256: BackwardConfig(dkdv=TileConfig(16, 16, 16, 1), dq=TileConfig(32, 16, 8, 2)),
 }
 _BWD_32BIT_BIAS = {
-    16: BackwardConfig(dkdv=TileConfig(16, 32, 4, 1), dq=TileConfig(32, 32, 4, 2)),
-    32: BackwardConfig(dkdv=TileConfig(16, 32, 4, 1), dq=TileConfig(32, 32, 4, 2)),
-    64: BackwardConfig(dkdv=TileConfig(16, 64, 8, 1), dq=TileConfig(32, 32, 4, 2)),
+    16: BackwardConfig(dkdv=TileConfig(16, 32, 4, 1), dq=TileConfig(32, 16, 4, 2)),
+    32: BackwardConfig(dkdv=TileConfig(16, 32, 16, 1), dq=TileConfig(32, 32, 4, 2)),
+    64: BackwardConfig(dkdv=TileConfig(16, 64, 16, 1), dq=TileConfig(32, 32, 4, 2)),
     128: BackwardConfig(dkdv=TileConfig(16, 32, 16, 1), dq=TileConfig(32, 16, 8, 2)),
     256: BackwardConfig(dkdv=TileConfig(16, 16, 4, 1), dq=TileConfig(32, 16, 8, 2)),
 }

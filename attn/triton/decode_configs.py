@@ -64,6 +64,7 @@ _LIFTED_REGISTER_CAP = frozenset({
     (torch.float16, 32, 64, True, False, True),
     (torch.float16, 128, 16, True, False, False),
     (torch.float16, 256, 16, True, False, False),
+    (torch.float16, 256, 16, False, True, False),
     (torch.bfloat16, 32, 32, True, True, False),
     (torch.bfloat16, 32, 32, True, False, True),
     (torch.bfloat16, 32, 64, True, False, True),
