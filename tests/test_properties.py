@@ -163,7 +163,7 @@ def check_backward(case, backend):
 
 
 @pytest.mark.parametrize("backend", _backends("forward", "backward"))
-@settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=3, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(case=forward_cases(max_len=160).filter(_well_conditioned))
 def test_backward_matches_reference(backend, case):
     check_backward(case, backend)

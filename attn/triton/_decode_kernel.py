@@ -60,7 +60,11 @@ def _decode_tiles(acc, m_i, l_i, bad, q, k_base, v_base, block_table_row,
         v_rows = row * stride_vp + slot * stride_vn
         # K tile loaded transposed: (BLOCK_D, BLOCK_N)
         k = tl.load(k_base + k_rows[None, :] + offs_d[:, None], mask=kv_mask, other=0.0)
-        qk = _dot(q, k, tl.zeros([q.shape[0], BLOCK_N], dtype=tl.float32), DOT_FP32, PRECISION)
+        if NONFINITE_PASS:  # ``q`` holds the Q tile's pointers: reloaded per tile, not kept live
+            q_tile = tl.load(q, mask=d_ok[None, :], other=0.0)
+        else:
+            q_tile = q
+        qk = _dot(q_tile, k, tl.zeros([offs_m.shape[0], BLOCK_N], dtype=tl.float32), DOT_FP32, PRECISION)
         s = _scores(qk, offs_m, offs_n, diag_offset, sm_scale, softcap, alibi_slope, HAS_SOFTCAP, HAS_ALIBI)
         if MASKED:
             s = tl.where(_visible(offs_m, offs_n, seqlen_k, diag_offset, window_left, window_right), s, float("-inf"))
@@ -70,7 +74,7 @@ def _decode_tiles(acc, m_i, l_i, bad, q, k_base, v_base, block_table_row,
         else:
             p, alpha, m_i, l_i = _online_softmax_update(s, m_i, l_i)
             v = tl.load(v_base + v_rows[:, None] + offs_d[None, :], mask=tl.trans(kv_mask), other=0.0)  # (BLOCK_N, BLOCK_D)
-            if MASKED and v.dtype != tl.float32:  # fp32: docs/design.md §3, README Known limits
+            if MASKED:
                 acc, bad = _pv_finite(p.to(v.dtype), v, acc * alpha[:, None], bad, DOT_FP32, PRECISION)
             else:
                 acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_FP32, PRECISION)
@@ -155,14 +159,14 @@ def _decode_split_kernel(
         token, offs_d, head_dim, seqlen_k, diag_offset, window_left, window_right, sm_scale, softcap, alibi_slope,
         tl.maximum(lo, mid_hi), hi, BLOCK_N, True, PAGED, HAS_SOFTCAP, HAS_ALIBI, DOT_FP32, PRECISION, False)
 
-    if V.dtype.element_ty != tl.float32:  # fp32 tiles never set bad (see the tile loop)
-        if bad > 0:
-            # Rare: a masked tile held NaN/Inf in V. The split's tiles again (unmasked ones already
-            # added theirs, and adding a NaN/Inf twice changes nothing), against the final max.
-            acc, m_i, l_i, bad = _decode_tiles(
-                acc, m_i, l_i, bad, q, k_base, v_base, block_table_row, stride_kb, stride_kn, stride_vb, stride_vn,
-                page_size, token, offs_d, head_dim, seqlen_k, diag_offset, window_left, window_right, sm_scale, softcap,
-                alibi_slope, lo, hi, BLOCK_N, True, PAGED, HAS_SOFTCAP, HAS_ALIBI, DOT_FP32, PRECISION, True)
+    if bad > 0:
+        # Rare: a masked tile held NaN/Inf in V. The split's tiles again (unmasked ones already
+        # added theirs, and adding a NaN/Inf twice changes nothing), against the final max; Q is
+        # reloaded per tile (its rows are clamped in range) so that the pass keeps no Q tile live.
+        acc, m_i, l_i, bad = _decode_tiles(
+            acc, m_i, l_i, bad, q_ptrs, k_base, v_base, block_table_row, stride_kb, stride_kn, stride_vb, stride_vn,
+            page_size, token, offs_d, head_dim, seqlen_k, diag_offset, window_left, window_right, sm_scale, softcap,
+            alibi_slope, lo, hi, BLOCK_N, True, PAGED, HAS_SOFTCAP, HAS_ALIBI, DOT_FP32, PRECISION, True)
 
     # Rows that saw no key in this split: out = 0, lse = -inf (the combine gives them weight 0).
     seen = l_i > 0.0

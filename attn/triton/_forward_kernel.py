@@ -38,7 +38,11 @@ def _fwd_tiles(acc, m_i, l_i, bad, q, k_base, v_base, bias_base, stride_kn, stri
             kv_mask = kv_mask & (offs_n[None, :] < seqlen_k)
         # K tile loaded transposed: (BLOCK_D, BLOCK_N)
         k = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None], mask=kv_mask, other=0.0)
-        qk = _dot(q, k, tl.zeros([q.shape[0], BLOCK_N], dtype=tl.float32), DOT_FP32, PRECISION)
+        if NONFINITE_PASS:  # ``q`` holds the Q tile's pointers: reloaded per tile, not kept live
+            q_tile = tl.load(q, mask=d_ok[None, :], other=0.0)
+        else:
+            q_tile = q
+        qk = _dot(q_tile, k, tl.zeros([offs_m.shape[0], BLOCK_N], dtype=tl.float32), DOT_FP32, PRECISION)
         s = _scores(qk, offs_m, offs_n, diag_offset, sm_scale, softcap, alibi_slope, HAS_SOFTCAP, HAS_ALIBI)
         if HAS_BIAS:
             bias = tl.load(bias_base + offs_n[None, :] * stride_bn, mask=offs_n[None, :] < seqlen_k, other=0.0)
@@ -51,7 +55,7 @@ def _fwd_tiles(acc, m_i, l_i, bad, q, k_base, v_base, bias_base, stride_kn, stri
         else:
             p, alpha, m_i, l_i = _online_softmax_update(s, m_i, l_i)
             v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=tl.trans(kv_mask), other=0.0)
-            if (MASKED or HAS_BIAS) and v.dtype != tl.float32:  # fp32: docs/design.md §3, README Known limits
+            if MASKED or HAS_BIAS:
                 acc, bad = _pv_finite(p.to(v.dtype), v, acc * alpha[:, None], bad, DOT_FP32, PRECISION)
             else:
                 acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_FP32, PRECISION)
@@ -115,14 +119,16 @@ def _attn_fwd_kernel(
         acc, m_i, l_i, bad, q, k_base, v_base, bias_base, stride_kn, stride_vn, stride_bn, offs_m, offs_d,
         head_dim, seqlen_k, diag_offset, window_left, window_right, sm_scale, softcap, alibi_slope,
         mid_hi, end, BLOCK_N, True, HAS_SOFTCAP, HAS_ALIBI, HAS_BIAS, DOT_FP32, PRECISION, False)
-    if V.dtype.element_ty != tl.float32:  # fp32 tiles never set bad (see the tile loop)
-        if bad > 0:
-            # Rare: some tile held NaN/Inf in V. Every tile again (unmasked ones already added theirs,
-            # and adding a NaN/Inf twice changes nothing), against the final max.
-            acc, m_i, l_i, bad = _fwd_tiles(
-                acc, m_i, l_i, bad, q, k_base, v_base, bias_base, stride_kn, stride_vn, stride_bn, offs_m, offs_d,
-                head_dim, seqlen_k, diag_offset, window_left, window_right, sm_scale, softcap, alibi_slope,
-                start, end, BLOCK_N, True, HAS_SOFTCAP, HAS_ALIBI, HAS_BIAS, DOT_FP32, PRECISION, True)
+    if bad > 0:
+        # Rare: some tile held NaN/Inf in V. Every tile again (unmasked ones already added theirs,
+        # and adding a NaN/Inf twice changes nothing), against the final max; Q is reloaded per
+        # tile (rows past Sq read row Sq-1) so that the pass keeps no Q tile live.
+        q_rows = tl.minimum(offs_m, seqlen_q - 1)
+        acc, m_i, l_i, bad = _fwd_tiles(
+            acc, m_i, l_i, bad, q_base + q_rows[:, None] * stride_qm + offs_d[None, :], k_base, v_base, bias_base,
+            stride_kn, stride_vn, stride_bn, offs_m, offs_d,
+            head_dim, seqlen_k, diag_offset, window_left, window_right, sm_scale, softcap, alibi_slope,
+            start, end, BLOCK_N, True, HAS_SOFTCAP, HAS_ALIBI, HAS_BIAS, DOT_FP32, PRECISION, True)
 
     # Rows that saw no key: out = 0, lse = -inf (never 0/0).
     seen = l_i > 0.0

@@ -38,14 +38,16 @@ _FWD_16BIT = {
 # Forward, fp32 inputs. fp32 products are exact-precision FMA (no tensor cores, no TF32), whose
 # operands live in registers: tiles must be far smaller than for 16-bit inputs to avoid spills
 # (64x64 at D=64 spilled 47 KB; 3xTF32 was worse, splitting every operand in two).
-# At D=16 a 32-wide K/V tile spilled 12 B on sm_80 once scores moved to natural units (ptxas
-# aimed at 128 registers); a 16-wide one uses 76.
+# The non-finite pass (docs/design.md §3) runs after the loop with Q reloaded per tile; with it,
+# 4 warps spilled 4-28 B at D=16 and D=32 (with and without a bias), 32x32 tiles 4-48 B at
+# D=64 with 4, 8 or 16 warps, and 32-wide K/V tiles 1.5 KB at D=256; so 8 warps at D=16/32,
+# 16x16 tiles at D=64 and 16-wide K/V tiles at D=256 (measured on sm_80 and sm_90).
 _FWD_32BIT = {
-    16: TileConfig(32, 16, 4, 2),
-    32: TileConfig(32, 32, 4, 2),
-    64: TileConfig(32, 32, 4, 2),
+    16: TileConfig(32, 16, 8, 2),
+    32: TileConfig(32, 32, 8, 2),
+    64: TileConfig(16, 16, 4, 2),
     128: TileConfig(32, 16, 8, 2),
-    256: TileConfig(16, 32, 8, 2),
+    256: TileConfig(16, 16, 8, 2),
 }
 
 # With an additive bias (SDPA attn_mask) each step also loads a (BLOCK_M, BLOCK_N) fp32 tile.
@@ -60,7 +62,7 @@ _FWD_16BIT_BIAS = {
 }
 _FWD_32BIT_BIAS = {
     16: TileConfig(32, 16, 4, 2),
-    32: TileConfig(32, 16, 4, 2),
+    32: TileConfig(32, 16, 8, 2),
     64: TileConfig(32, 16, 4, 2),
     128: TileConfig(32, 16, 8, 2),
     256: TileConfig(16, 16, 8, 2),
