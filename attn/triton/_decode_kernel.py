@@ -73,7 +73,8 @@ def _decode_tiles(acc, m_i, l_i, bad, q, k_base, v_base, block_table_row,
                                 offs_d, d_ok, acc)
         else:
             p, alpha, m_i, l_i = _online_softmax_update(s, m_i, l_i)
-            v = tl.load(v_base + v_rows[:, None] + offs_d[None, :], mask=tl.trans(kv_mask), other=0.0)  # (BLOCK_N, BLOCK_D)
+            # (BLOCK_N, BLOCK_D)
+            v = tl.load(v_base + v_rows[:, None] + offs_d[None, :], mask=tl.trans(kv_mask), other=0.0)
             if MASKED:
                 acc, bad = _pv_finite(p.to(v.dtype), v, acc * alpha[:, None], bad, DOT_FP32, PRECISION)
             else:

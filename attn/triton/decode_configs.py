@@ -42,8 +42,11 @@ _TILES_16BIT = {16: (64, 64), 32: (64, 64), 64: (64, 64), 128: (64, 64), 256: (3
 _TILES_32BIT = {16: (32, 16), 32: (32, 16), 64: (16, 16), 128: (16, 16), 256: (16, 16)}
 
 # 4 warps, except the 64 x 128 16-bit query tile, where 4 warps sit at ptxas's 255-register limit
-# and 8 share the accumulator (205 registers on sm_80).
-_EIGHT_WARPS = {(64, 128)}
+# and 8 share the accumulator (205 registers on sm_80). Since the non-finite pass (docs/design.md
+# §3) the 32 x 128 16-bit tile (24 B spilled on sm_90 with 4 warps) and the 16 x 256 fp32 tile
+# (72-128 B) need 8 as well. Keys: (BLOCK_M, BLOCK_D).
+_EIGHT_WARPS_16BIT = {(64, 128), (32, 128)}
+_EIGHT_WARPS_32BIT = {(16, 256)}
 
 # Three stages keep two K/V tiles in flight while one is used: decode is bandwidth-bound, and
 # the extra stage fits easily (at most ~83 KB of shared memory). With two stages ptxas spilled
@@ -65,6 +68,7 @@ _LIFTED_REGISTER_CAP = frozenset({
     (torch.float16, 128, 16, True, False, False),
     (torch.float16, 256, 16, True, False, False),
     (torch.float16, 256, 16, False, True, False),
+    (torch.bfloat16, 16, 32, True, False, False),
     (torch.bfloat16, 32, 32, True, True, False),
     (torch.bfloat16, 32, 32, True, False, True),
     (torch.bfloat16, 32, 64, True, False, True),
@@ -79,6 +83,7 @@ _LIFTED_REGISTER_CAP = frozenset({
     (torch.float32, 128, 16, True, False, False),
     (torch.float32, 128, 16, True, True, False),
     (torch.float32, 128, 16, True, False, True),
+    (torch.float32, 256, 16, False, False, False),
 })
 _MAXNREG = 255
 
@@ -97,7 +102,7 @@ def decode_config(block_d: int, dtype: torch.dtype, packed_rows: int, paged: boo
     split kernel writes the output itself (one split); ``features``: softcap or ALiBi."""
     block_n, max_block_m = _tiles(block_d, dtype)
     block_m = min(max(triton.next_power_of_2(packed_rows), BLOCK_M_CHOICES[0]), max_block_m)
-    num_warps = 8 if (block_m, block_d) in _EIGHT_WARPS else 4
+    num_warps = 8 if (block_m, block_d) in (_EIGHT_WARPS_32BIT if dtype == torch.float32 else _EIGHT_WARPS_16BIT) else 4
     lifted = (dtype, block_d, block_m, paged, final, features) in _LIFTED_REGISTER_CAP
     return DecodeConfig(block_m, block_n, num_warps, _NUM_STAGES, _MAXNREG if lifted else None)
 
