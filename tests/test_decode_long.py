@@ -20,10 +20,13 @@ SEQLEN_K = 100_000
 
 DECODE_BACKENDS = [name for name in registry.names()
                    if registry.usable(name, "cpu") and "decode" in registry.load(name).capabilities]
+# The interpreted Triton kernel takes ~45 s per case here; its long-cache path is also covered by
+# tests/test_decode.py (4097 keys, many splits), so it runs with -m slow.
+BACKEND_PARAMS = [pytest.param(b, marks=pytest.mark.slow) if b == "triton" else b for b in DECODE_BACKENDS]
 
 
 @pytest.mark.parametrize("page_size", [256, None], ids=["paged256", "contiguous"])
-@pytest.mark.parametrize("backend", DECODE_BACKENDS)
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_decode_against_100k_keys(backend, page_size):
     case = make_case(batch=1, seqlen_q=1, n_heads=2, n_kv_heads=1, head_dim=64, seqlens_k=[SEQLEN_K],
                      capacity=SEQLEN_K, page_size=page_size, append=True, dtype=torch.float16, device="cpu")

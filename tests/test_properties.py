@@ -84,7 +84,7 @@ def check_forward(case, backend):
 
 
 @pytest.mark.parametrize("backend", _backends())
-@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(case=forward_cases(max_len=300))
 @example(case=dict(batch=1, seqlen_q=1, seqlen_k=1, n_kv_heads=1, n_heads=1, head_dim=1, dtype=torch.float16,
                    causal=True, window=(-1, -1), softcap=0.0, layout="padded", scale=None))
@@ -230,7 +230,7 @@ def check_decode(case, backend):
 
 
 @pytest.mark.parametrize("backend", _backends("decode"))
-@settings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_decode_matches_reference(backend, data):
     check_decode(data.draw(decode_cases(**decode_domain(backend)), label="case"), backend)
