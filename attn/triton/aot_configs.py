@@ -67,6 +67,7 @@ def forward_aot_configs():
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
             tensor_cores=dtype != torch.float32,
+            wgmma=cfg.block_m >= 64,  # a warpgroup's wgmma takes 64 rows
         )
 
 
